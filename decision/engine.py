@@ -1,0 +1,362 @@
+"""The decision engine: the plain-Python core every front end calls.
+
+``Engine.decide`` is the hot path, in the order of ``../shared/DESIGN.md``:
+
+1. validate the request against the active catalog (channel, placement, limit,
+   context) and fill the rule slots that come from the context;
+2. in one LMDB read transaction: resolve the identifier to a profile key, read the
+   profile value in place, view its feature vector without copying, decode the
+   attributes the rules read;
+3. one call into ``kernels.decide.decide_offers`` (eligibility, propensity,
+   arbitration, top-k, feature reasons);
+4. build the ``Decision`` (a handful of Python objects, k of them).
+
+The engine imports nothing from gRPC: the server, the CLI and the benchmarks share it.
+The active catalog is an immutable object swapped by reference on reload, so a request
+in flight finishes with the catalog it started with.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from decision import layout
+from decision.catalog import Catalog, Offer, load_catalog
+from decision.errors import FailedPrecondition, InvalidArgument, NotFound
+from decision.layout import AttributeValue, ProfileRecord
+from decision.rules import string_id
+from decision.settings import Limits, Settings
+from decision.store import ProfileStore
+from kernels.decide import decide_offers
+
+N_FEATURE_REASONS = 3
+_NAN = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    kind: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecideQuery:
+    customer: Identifier
+    channel: str
+    placement: str = ""
+    limit: int | None = None  # None: the server's default
+    context: Mapping[str, AttributeValue | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str  # ELIGIBLE | FEATURE | COLD_START
+    detail: str
+    weight: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RankedOffer:
+    offer: Offer
+    rank: int
+    score: float
+    propensity: float
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str
+    offers: tuple[RankedOffer, ...]
+    cold_start: bool
+    eligible_count: int
+    catalog_version: str
+    decided_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    identifiers: tuple[Identifier, ...]
+    attributes: Mapping[str, AttributeValue | None] = field(default_factory=dict)
+    features: Mapping[str, float] = field(default_factory=dict)
+
+
+class _Prepared:
+    """Per-catalog values the hot path needs, computed once per catalog version."""
+
+    __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
+                 "zero_features", "n_slots", "context_types", "profile_slots")
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.channel_bits = catalog.channel_bits
+        self.placement_bits = catalog.placement_bits
+        self.eligible_reason = tuple(Reason("ELIGIBLE", o.rule or "no rule")
+                                     for o in catalog.offers)
+        zero = np.zeros(len(catalog.feature_names), dtype="<f4")
+        zero.flags.writeable = False  # same numba type as a view over the map
+        self.zero_features = zero
+        self.n_slots = catalog.fields.size
+        self.context_types = {f.name: f.type for f in catalog.fields.of("context")}
+        self.profile_slots = tuple((f.name, f.slot, f.type) for f in catalog.profile_fields)
+
+
+class Engine:
+    """Decisions and profile operations over one store and one (swappable) catalog."""
+
+    def __init__(self, settings: Settings, store: ProfileStore | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.limits: Limits = settings.limits
+        self.kinds = frozenset(settings.identifier_kinds)
+        self.clock = clock
+        self.store = store or ProfileStore(settings.data_dir, settings.map_size)
+        self._reload_lock = threading.Lock()
+        self._active = self._prepare(load_catalog(settings.catalog_path))
+
+    # ------------------------------------------------------------- catalog
+    @property
+    def catalog(self) -> Catalog:
+        return self._active.catalog
+
+    def _prepare(self, catalog: Catalog) -> _Prepared:
+        self.store.ensure_schema(catalog.feature_names)
+        return _Prepared(catalog)
+
+    def reload_catalog(self) -> Catalog:
+        """Compile the catalog file aside and swap it in; the old one keeps serving
+        if the new one fails (the error propagates)."""
+        with self._reload_lock:
+            prepared = self._prepare(load_catalog(self.settings.catalog_path))
+            self._active = prepared
+            self.warm()
+            return prepared.catalog
+
+    def warm(self) -> None:
+        """Run a real decision so every kernel signature is compiled (or loaded from
+        the on-disk cache) before the first request."""
+        active = self._active
+        query = DecideQuery(Identifier("customer_id", "\x00warm-up"), active.catalog.channels[0])
+        self.decide(query)
+
+    # ------------------------------------------------------------- decide
+    def decide(self, query: DecideQuery) -> Decision:
+        active = self._active  # one catalog for the whole request
+        catalog = active.catalog
+        limits = self.limits
+        kind, value = self._identifier(query.customer, "customer")
+        channel_bit = active.channel_bits.get(query.channel)
+        if channel_bit is None:
+            raise InvalidArgument(
+                f"channel: unknown channel {query.channel!r} "
+                f"(known: {', '.join(catalog.channels)})"
+            )
+        placement_bit = 0
+        if query.placement:
+            placement_bit = active.placement_bits.get(query.placement)
+            if placement_bit is None:
+                raise InvalidArgument(
+                    f"placement: unknown placement {query.placement!r} "
+                    f"(known: {', '.join(catalog.placements) or 'none declared'})"
+                )
+        k = limits.default_offers if query.limit is None else query.limit
+        if not 1 <= k <= limits.max_offers:
+            raise InvalidArgument(f"limit: must be between 1 and {limits.max_offers}, got {k}")
+        slots = np.full(active.n_slots, _NAN)
+        self._fill_context(active, query.context, slots)
+
+        now = self.clock()
+        with self.store.reader() as reader:
+            key = reader.resolve(kind, value)
+            buf = None if key is None else reader.profile_buffer(key)
+            if buf is None:
+                x = active.zero_features
+            else:
+                n_features, _ = layout.check_head(buf, key)
+                x = layout.feature_view(buf, n_features)
+                if active.profile_slots:
+                    attrs = layout.decode_tail(buf, n_features, key).get("a", {})
+                    for name, slot, ftype in active.profile_slots:
+                        v = attrs.get(name)
+                        if v is not None:
+                            slots[slot] = string_id(v) if ftype == "string" else float(v)
+            chosen, score, prop, eligible, r_feature, r_weight = decide_offers(
+                catalog.code, catalog.prog_start, catalog.consts, slots, catalog.offer_masks,
+                catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
+                channel_bit, placement_bit, now, k, N_FEATURE_REASONS)
+        cold = buf is None
+        return Decision(
+            decision_id=_decision_id(now),
+            offers=self._ranked(active, chosen, score, prop, r_feature, r_weight, cold),
+            cold_start=cold, eligible_count=int(eligible),
+            catalog_version=catalog.version, decided_at_ms=int(now * 1000),
+        )
+
+    def _ranked(self, active: _Prepared, chosen, score, prop, r_feature, r_weight, cold):
+        offers = active.catalog.offers
+        names = active.catalog.feature_names
+        ranked = []
+        for r, i in enumerate(chosen.tolist()):
+            reasons = [active.eligible_reason[i]]
+            if cold:
+                reasons.append(Reason("COLD_START", "no profile: the model's prior"))
+            else:
+                for j, w in zip(r_feature[r].tolist(), r_weight[r].tolist()):
+                    if j >= 0:
+                        reasons.append(Reason("FEATURE", names[j], w))
+            ranked.append(RankedOffer(offers[i], r + 1, float(score[r]), float(prop[r]),
+                                      tuple(reasons)))
+        return tuple(ranked)
+
+    def _fill_context(self, active: _Prepared, context, slots: np.ndarray) -> None:
+        limits = self.limits
+        if len(context) > limits.max_context_entries:
+            raise InvalidArgument(
+                f"context: {len(context)} entries, at most {limits.max_context_entries} allowed"
+            )
+        used = active.catalog.context_fields
+        for key, v in context.items():
+            if len(key.encode()) > limits.max_string_bytes:
+                raise InvalidArgument(
+                    f"context: key {key[:32]!r}... longer than {limits.max_string_bytes} bytes")
+            if isinstance(v, str) and len(v.encode()) > limits.max_string_bytes:
+                raise InvalidArgument(
+                    f"context[{key!r}]: value longer than {limits.max_string_bytes} bytes")
+            ftype = active.context_types.get(key)
+            if ftype is None or v is None:
+                continue  # undeclared keys are ignored; no value means missing
+            _check_type(v, ftype, f"context[{key!r}]")
+            f = used.get(key)
+            if f is not None:
+                slots[f.slot] = string_id(v) if ftype == "string" else float(v)
+
+    # ------------------------------------------------------------- profiles
+    def _identifier(self, ident: Identifier | None, where: str) -> tuple[str, str]:
+        if ident is None or not ident.value:
+            raise InvalidArgument(f"{where}.value: required, the customer's identifier")
+        kind = ident.kind or "customer_id"
+        if kind not in self.kinds:
+            raise InvalidArgument(
+                f"{where}.kind: unknown identifier kind {kind!r} "
+                f"(known: {', '.join(sorted(self.kinds))})"
+            )
+        if len(ident.value.encode()) > self.limits.max_string_bytes:
+            raise InvalidArgument(
+                f"{where}.value: longer than {self.limits.max_string_bytes} bytes")
+        return kind, ident.value
+
+    def get_profile(self, customer: Identifier) -> ProfileRecord:
+        kind, value = self._identifier(customer, "customer")
+        with self.store.reader() as reader:
+            key = reader.resolve(kind, value)
+            buf = None if key is None else reader.profile_buffer(key)
+            if buf is None:
+                raise NotFound(f"customer: no profile for {kind} {value!r}")
+            return layout.decode(buf, key)
+
+    def upsert_profile(self, update: ProfileUpdate) -> ProfileRecord:
+        """Set attributes, features and identifiers on the profile the identifiers
+        name (creating it if none does), in one durable write transaction."""
+        if not update.identifiers:
+            raise InvalidArgument("identifiers: at least one identifier is required")
+        idents = [self._identifier(ident, f"identifiers[{n}]")
+                  for n, ident in enumerate(update.identifiers)]
+        attributes = self._checked_attributes(update.attributes)
+        features = self._checked_features(update.features)
+        now_ms = int(self.clock() * 1000)
+        store = self.store
+
+        def work(txn) -> ProfileRecord:
+            keys = {k for k in (store.resolve_in(txn, kind, v) for kind, v in idents) if k}
+            if len(keys) > 1:
+                raise FailedPrecondition(
+                    "identifiers: they belong to different profiles "
+                    f"({', '.join(f'{k:016x}' for k in sorted(keys))}); profiles are merged "
+                    "by the identity API, not by UpsertProfile"
+                )
+            record = store.load(txn, keys.pop()) if keys else None
+            if record is None:
+                record = ProfileRecord(
+                    key=store.allocate_key(txn),
+                    features=np.zeros(len(self.catalog.feature_names), dtype=np.float32),
+                    created_at_ms=now_ms)
+            for name, v in attributes.items():
+                if v is None:
+                    record.attributes.pop(name, None)
+                else:
+                    record.attributes[name] = v
+            for j, v in features.items():
+                record.features[j] = v
+            for ident in idents:
+                if ident not in record.identifiers:
+                    record.identifiers.append(ident)
+            record.updated_at_ms = now_ms
+            store.save(txn, record)
+            return record
+
+        return store.write(work)
+
+    def _checked_attributes(self, attributes) -> dict[str, AttributeValue | None]:
+        limits = self.limits
+        if len(attributes) > limits.max_attributes:
+            raise InvalidArgument(
+                f"attributes: {len(attributes)} entries, at most {limits.max_attributes}")
+        declared = {f.name: f.type for f in self.catalog.fields.of("profile")}
+        out: dict[str, AttributeValue | None] = {}
+        for name, v in attributes.items():
+            if not name or len(name.encode()) > limits.max_string_bytes:
+                raise InvalidArgument(
+                    f"attributes: names must be 1 to {limits.max_string_bytes} bytes")
+            if isinstance(v, str) and len(v.encode()) > limits.max_string_bytes:
+                raise InvalidArgument(
+                    f"attributes[{name!r}]: longer than {limits.max_string_bytes} bytes")
+            if v is not None and name in declared:
+                _check_type(v, declared[name], f"attributes[{name!r}]")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InvalidArgument(f"attributes[{name!r}]: must be finite")
+            out[name] = float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return out
+
+    def _checked_features(self, features: Mapping[str, float]) -> dict[int, float]:
+        index = {n: j for j, n in enumerate(self.catalog.feature_names)}
+        out = {}
+        for name, v in features.items():
+            if name not in index:
+                raise InvalidArgument(
+                    f"features[{name!r}]: unknown feature (known: "
+                    f"{', '.join(self.catalog.feature_names) or 'none declared'})")
+            if not math.isfinite(v):
+                raise InvalidArgument(f"features[{name!r}]: must be finite, got {v}")
+            out[index[name]] = float(v)
+        return out
+
+    def list_offers(self, channel: str = "", placement: str = "") -> list[Offer]:
+        catalog = self.catalog
+        if channel and channel not in catalog.channels:
+            raise InvalidArgument(f"channel: unknown channel {channel!r} "
+                                  f"(known: {', '.join(catalog.channels)})")
+        if placement and placement not in catalog.placements:
+            raise InvalidArgument(f"placement: unknown placement {placement!r} "
+                                  f"(known: {', '.join(catalog.placements) or 'none declared'})")
+        return catalog.offers_for(channel, placement)
+
+
+def _check_type(v, ftype: str, where: str) -> None:
+    ok = (isinstance(v, bool) if ftype == "bool" else
+          isinstance(v, str) if ftype == "string" else
+          isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not ok:
+        got = "bool" if isinstance(v, bool) else "string" if isinstance(v, str) else "number"
+        raise InvalidArgument(f"{where}: expected a {ftype}, got a {got}")
+
+
+def _decision_id(now: float) -> str:
+    """28 hex characters: 48 bits of milliseconds (sortable by time) + 64 random bits."""
+    return f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(8).hex()}"

@@ -1,0 +1,108 @@
+"""The byte layout of a stored profile (layout version 1).
+
+A profile value is a fixed binary head the kernels read in place, then msgpack::
+
+    offset  size  field
+    0       2     magic b"DP"
+    2       1     layout version (1)
+    3       1     flags (0, reserved)
+    4       2     F, the number of features (uint16, little-endian)
+    6       2     reserved (0)
+    8       8     updated_at_ms (int64, little-endian)
+    16      4*F   features, float32 little-endian: read with np.frombuffer, no copy
+    16+4F   ...   msgpack map: {"a": attributes {name: str|float|bool},
+                                "c": counters {name: float},
+                                "i": identifiers [[kind, value], ...],
+                                "t": created_at_ms}
+
+The head is 16 bytes so the feature vector is 4-byte aligned relative to the value;
+numba reads it either way (unaligned views compile to the same signature). Readers
+refuse a value with another magic or a newer layout version (``CorruptProfile``),
+so the format can evolve by bumping the version and migrating.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from decision.errors import CorruptProfile
+
+MAGIC = b"DP"
+LAYOUT_VERSION = 1
+HEAD = struct.Struct("<2sBBHHq")
+HEAD_SIZE = HEAD.size  # 16
+
+AttributeValue = str | float | bool
+
+
+@dataclass
+class ProfileRecord:
+    """A decoded profile (a copy, safe to keep after the read transaction ends)."""
+
+    key: int
+    features: np.ndarray  # float32[F], writable copy
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    identifiers: list[tuple[str, str]] = field(default_factory=list)
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+
+
+def encode(record: ProfileRecord) -> bytes:
+    features = np.ascontiguousarray(record.features, dtype="<f4")
+    head = HEAD.pack(MAGIC, LAYOUT_VERSION, 0, features.shape[0], 0, record.updated_at_ms)
+    tail = msgpack.packb(
+        {"a": record.attributes, "c": record.counters,
+         "i": [list(i) for i in record.identifiers], "t": record.created_at_ms},
+        use_bin_type=True,
+    )
+    return head + features.tobytes() + tail
+
+
+def check_head(buf, key: int) -> tuple[int, int]:
+    """Validate the head of ``buf``; return (feature count, updated_at_ms)."""
+    if len(buf) < HEAD_SIZE:
+        raise CorruptProfile(f"profile {key:016x}: value of {len(buf)} bytes is too short")
+    magic, version, _flags, n_features, _reserved, updated = HEAD.unpack_from(buf)
+    if magic != MAGIC or version != LAYOUT_VERSION:
+        raise CorruptProfile(
+            f"profile {key:016x}: not a profile of layout {LAYOUT_VERSION} "
+            f"(magic {magic!r}, version {version})"
+        )
+    if len(buf) < HEAD_SIZE + 4 * n_features:
+        raise CorruptProfile(f"profile {key:016x}: truncated feature vector")
+    return n_features, updated
+
+
+def feature_view(buf, n_features: int) -> np.ndarray:
+    """float32[F] over ``buf`` itself (read-only, valid while ``buf`` is)."""
+    return np.frombuffer(buf, dtype="<f4", count=n_features, offset=HEAD_SIZE)
+
+
+def decode_tail(buf, n_features: int, key: int) -> dict:
+    try:
+        tail = msgpack.unpackb(buf[HEAD_SIZE + 4 * n_features:], raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CorruptProfile(f"profile {key:016x}: undecodable attributes ({exc})") from None
+    if not isinstance(tail, dict):
+        raise CorruptProfile(f"profile {key:016x}: attributes are not a map")
+    return tail
+
+
+def decode(buf, key: int) -> ProfileRecord:
+    """A full, copied ProfileRecord from a stored value."""
+    n_features, updated = check_head(buf, key)
+    tail = decode_tail(buf, n_features, key)
+    return ProfileRecord(
+        key=key,
+        features=feature_view(buf, n_features).astype(np.float32),
+        attributes=dict(tail.get("a", {})),
+        counters=dict(tail.get("c", {})),
+        identifiers=[(k, v) for k, v in tail.get("i", [])],
+        created_at_ms=int(tail.get("t", 0)),
+        updated_at_ms=updated,
+    )

@@ -1,0 +1,231 @@
+"""Profiles in one memory-mapped LMDB environment, shared by every server process.
+
+Named databases (sub-dbs) of the environment:
+
+=============  ===============================  =====================================
+db             key                              value
+=============  ===============================  =====================================
+``profiles``   profile key, uint64 big-endian   ``decision.layout`` record
+``identity``   ``kind \\x1f value`` (UTF-8)      profile key (8 bytes)
+``meta``       ASCII name                       ``schema``: msgpack {"layout", "features"};
+                                                ``next_key``: uint64 big-endian
+=============  ===============================  =====================================
+
+Readers never wait for writers (LMDB's MVCC); writers from every process serialise on
+LMDB's writer lock. Every write transaction is durable when it commits (``sync=True``).
+When a write finds the map full, the map doubles and the write is retried; a process
+whose map another process grew adopts the new size at its next transaction. Resizing
+needs no transaction open in the process, so every transaction passes a ``_MapGate``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import lmdb
+import msgpack
+
+from decision.errors import StoreError
+from decision.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
+
+T = TypeVar("T")
+KEY_BYTES = 8
+_SEP = "\x1f"
+
+
+def profile_key_bytes(key: int) -> bytes:
+    return key.to_bytes(KEY_BYTES, "big")
+
+
+def identity_key(kind: str, value: str) -> bytes:
+    return f"{kind}{_SEP}{value}".encode()
+
+
+class _MapGate:
+    """Many transactions at once, or one map resize alone (py-lmdb requires no open
+    transaction in the process while ``set_mapsize`` runs)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._resizing = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._resizing and not self._active:
+                self._cond.notify_all()
+
+    def exclusive(self, action: Callable[[], None]) -> None:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            action()
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Reader:
+    """One read transaction with zero-copy access; use as a context manager.
+
+    Buffers it returns point into the memory map and are valid only inside the
+    ``with`` block: copy what must outlive it.
+    """
+
+    __slots__ = ("_store", "_txn")
+
+    def __init__(self, store: "ProfileStore"):
+        self._store = store
+        self._txn = None
+
+    def __enter__(self) -> "Reader":
+        store = self._store
+        store._gate.enter()
+        try:
+            self._txn = store.env.begin(buffers=True)
+        except lmdb.MapResizedError:
+            store._gate.leave()
+            store._adopt_map_size()
+            return self.__enter__()
+        except BaseException:
+            store._gate.leave()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._txn.abort()
+        self._txn = None
+        self._store._gate.leave()
+
+    def resolve(self, kind: str, value: str) -> int | None:
+        """The profile key an identifier belongs to, or None."""
+        raw = self._txn.get(identity_key(kind, value), db=self._store.identity_db)
+        return None if raw is None else int.from_bytes(raw, "big")
+
+    def profile_buffer(self, key: int):
+        """The stored profile value (a memoryview into the map), or None."""
+        return self._txn.get(profile_key_bytes(key), db=self._store.profiles_db)
+
+
+class ProfileStore:
+    """The LMDB environment and its named databases."""
+
+    def __init__(self, path: str | Path, map_size: int = 1 << 30, readonly: bool = False):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                str(self.path), map_size=map_size, max_dbs=16, max_readers=1024,
+                readonly=readonly, sync=True, metasync=True, readahead=False, lock=True,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the profile store: {exc}") from None
+        self._gate = _MapGate()
+        self.profiles_db = self.env.open_db(b"profiles", create=not readonly)
+        self.identity_db = self.env.open_db(b"identity", create=not readonly)
+        self.meta_db = self.env.open_db(b"meta", create=not readonly)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ------------------------------------------------------------- transactions
+    def reader(self) -> Reader:
+        return Reader(self)
+
+    def write(self, work: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``work(txn)`` in one durable write transaction and return its result.
+
+        If the map is full the transaction is aborted, the map doubled and ``work``
+        run again from scratch, so ``work`` must only touch the store through ``txn``.
+        """
+        while True:
+            self._gate.enter()
+            try:
+                with self.env.begin(write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                resize = self._grow
+            except lmdb.MapResizedError:
+                resize = self._adopt_map_size
+            finally:
+                self._gate.leave()
+            resize()
+
+    def _grow(self) -> None:
+        def double() -> None:
+            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        self._gate.exclusive(double)
+
+    def _adopt_map_size(self) -> None:
+        self._gate.exclusive(lambda: self.env.set_mapsize(0))
+
+    @property
+    def map_size(self) -> int:
+        return self.env.info()["map_size"]
+
+    # ------------------------------------------------------------- schema
+    def ensure_schema(self, feature_names: tuple[str, ...]) -> None:
+        """Record the feature vector layout, or check it matches the recorded one."""
+
+        def work(txn: lmdb.Transaction) -> None:
+            raw = txn.get(b"schema", db=self.meta_db)
+            if raw is None:
+                txn.put(b"schema", msgpack.packb(
+                    {"layout": LAYOUT_VERSION, "features": list(feature_names)}), db=self.meta_db)
+                return
+            schema = msgpack.unpackb(raw)
+            if schema.get("layout") != LAYOUT_VERSION:
+                raise StoreError(f"{self.path}: profile layout {schema.get('layout')} is not "
+                                 f"supported by this server (layout {LAYOUT_VERSION})")
+            stored = tuple(schema.get("features", ()))
+            if stored != tuple(feature_names):
+                raise StoreError(
+                    f"{self.path}: the store's feature vector is {list(stored)} but the catalog "
+                    f"declares profile.features = {list(feature_names)}; keep the catalog's "
+                    "features in the stored order or use a new data directory"
+                )
+
+        self.write(work)
+
+    # ------------------------------------------------------------- profiles
+    def allocate_key(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"next_key", db=self.meta_db)
+        key = 1 if raw is None else int.from_bytes(raw, "big")
+        txn.put(b"next_key", profile_key_bytes(key + 1), db=self.meta_db)
+        return key
+
+    def load(self, txn: lmdb.Transaction, key: int) -> ProfileRecord | None:
+        raw = txn.get(profile_key_bytes(key), db=self.profiles_db)
+        return None if raw is None else decode(raw, key)
+
+    def save(self, txn: lmdb.Transaction, record: ProfileRecord) -> None:
+        txn.put(profile_key_bytes(record.key), encode(record), db=self.profiles_db)
+        for kind, value in record.identifiers:
+            txn.put(identity_key(kind, value), profile_key_bytes(record.key), db=self.identity_db)
+
+    def resolve_in(self, txn: lmdb.Transaction, kind: str, value: str) -> int | None:
+        raw = txn.get(identity_key(kind, value), db=self.identity_db)
+        return None if raw is None else int.from_bytes(raw, "big")
+
+    def get(self, key: int) -> ProfileRecord | None:
+        with self.reader() as r:
+            buf = r.profile_buffer(key)
+            return None if buf is None else decode(buf, key)
+
+    def count(self) -> int:
+        with self.reader() as r:
+            return r._txn.stat(self.profiles_db)["entries"]

@@ -1,0 +1,221 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Identifier(_message.Message):
+    __slots__ = ("kind", "value")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    value: str
+    def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("string_value", "number_value", "bool_value")
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    string_value: str
+    number_value: float
+    bool_value: bool
+    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("customer", "channel", "placement", "limit", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    customer: Identifier
+    channel: str
+    placement: str
+    limit: int
+    context: _containers.MessageMap[str, Value]
+    def __init__(self, customer: _Optional[_Union[Identifier, _Mapping]] = ..., channel: _Optional[str] = ..., placement: _Optional[str] = ..., limit: _Optional[int] = ..., context: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("code", "detail", "weight")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    detail: str
+    weight: float
+    def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class DecidedOffer(_message.Message):
+    __slots__ = ("offer_id", "name", "rank", "score", "propensity", "value", "lever", "reasons", "creative_json")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LEVER_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    CREATIVE_JSON_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    name: str
+    rank: int
+    score: float
+    propensity: float
+    value: float
+    lever: float
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    creative_json: str
+    def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., creative_json: _Optional[str] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("decision_id", "offers", "cold_start", "eligible_count", "catalog_version", "decided_at_ms")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    offers: _containers.RepeatedCompositeFieldContainer[DecidedOffer]
+    cold_start: bool
+    eligible_count: int
+    catalog_version: str
+    decided_at_ms: int
+    def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ...) -> None: ...
+
+class GetProfileRequest(_message.Message):
+    __slots__ = ("customer",)
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    customer: Identifier
+    def __init__(self, customer: _Optional[_Union[Identifier, _Mapping]] = ...) -> None: ...
+
+class Profile(_message.Message):
+    __slots__ = ("profile_key", "identifiers", "attributes", "features", "counters", "created_at_ms", "updated_at_ms")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROFILE_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    profile_key: str
+    identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
+    attributes: _containers.MessageMap[str, Value]
+    features: _containers.ScalarMap[str, float]
+    counters: _containers.ScalarMap[str, float]
+    created_at_ms: int
+    updated_at_ms: int
+    def __init__(self, profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., features: _Optional[_Mapping[str, float]] = ..., counters: _Optional[_Mapping[str, float]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class UpsertProfileRequest(_message.Message):
+    __slots__ = ("identifiers", "attributes", "features")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
+    attributes: _containers.MessageMap[str, Value]
+    features: _containers.ScalarMap[str, float]
+    def __init__(self, identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., features: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ListOffersRequest(_message.Message):
+    __slots__ = ("channel", "placement")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    placement: str
+    def __init__(self, channel: _Optional[str] = ..., placement: _Optional[str] = ...) -> None: ...
+
+class OfferInfo(_message.Message):
+    __slots__ = ("offer_id", "name", "channels", "placements", "value", "lever", "rule", "valid_from_ms", "valid_until_ms", "creative_json")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LEVER_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATIVE_JSON_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    name: str
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    placements: _containers.RepeatedScalarFieldContainer[str]
+    value: float
+    lever: float
+    rule: str
+    valid_from_ms: int
+    valid_until_ms: int
+    creative_json: str
+    def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ..., placements: _Optional[_Iterable[str]] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., rule: _Optional[str] = ..., valid_from_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ..., creative_json: _Optional[str] = ...) -> None: ...
+
+class ListOffersResponse(_message.Message):
+    __slots__ = ("offers", "catalog_version")
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    offers: _containers.RepeatedCompositeFieldContainer[OfferInfo]
+    catalog_version: str
+    def __init__(self, offers: _Optional[_Iterable[_Union[OfferInfo, _Mapping]]] = ..., catalog_version: _Optional[str] = ...) -> None: ...
+
+class ReloadCatalogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CatalogInfo(_message.Message):
+    __slots__ = ("version", "offer_count", "channels", "placements", "loaded_at_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OFFER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    offer_count: int
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    placements: _containers.RepeatedScalarFieldContainer[str]
+    loaded_at_ms: int
+    def __init__(self, version: _Optional[str] = ..., offer_count: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., placements: _Optional[_Iterable[str]] = ..., loaded_at_ms: _Optional[int] = ...) -> None: ...

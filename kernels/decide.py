@@ -1,0 +1,66 @@
+"""The fused per-request kernel: eligibility -> propensity -> arbitration -> top-k.
+
+One call into compiled code per decision: the Python side pays the dispatch cost
+once, and no intermediate array of size n_offers is allocated. It composes exactly
+the functions of ``eligibility``, ``scoring`` and ``selection`` (which the tests
+compare against their NumPy references), and the tests check the fusion against
+their composition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kernels.eligibility import MAX_STACK, offer_passes
+from kernels.scoring import logit_of, sigmoid, top_contributions
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def decide_offers(code, prog_start, consts, slots, offer_masks, offer_window, offer_value,
+                  weights, bias, x, channel_bit, placement_bit, now, k, n_reasons):
+    """Rank the eligible offers for one customer.
+
+    code, prog_start, consts, slots, offer_masks, offer_window, channel_bit,
+    placement_bit, now: as ``eligibility.eligible_mask``.
+    offer_value: float64[n, 2] (value, lever) per offer.
+    weights float32[n, F], bias float64[n], x float32[F]: as ``scoring.propensity``.
+    k: offers to return (>= 1); n_reasons: top features explained per returned offer.
+
+    Returns (chosen int32[r], score float64[r], propensity float64[r],
+    eligible_count int64, reason_feature int32[r, n_reasons],
+    reason_weight float64[r, n_reasons]) with r = min(k, eligible_count), best first,
+    ties by lower offer index.
+    """
+    n = prog_start.shape[0] - 1
+    stack = np.empty(MAX_STACK, dtype=np.float64)
+    best = np.empty(k, dtype=np.int32)
+    best_score = np.empty(k, dtype=np.float64)
+    best_p = np.empty(k, dtype=np.float64)
+    size = 0
+    eligible = 0
+    for i in range(n):
+        if not offer_passes(i, code, prog_start, consts, slots, offer_masks, offer_window,
+                            channel_bit, placement_bit, now, stack):
+            continue
+        eligible += 1
+        p = sigmoid(logit_of(weights, bias, x, i))
+        s = p * offer_value[i, 0] * offer_value[i, 1]
+        if size == k and s <= best_score[k - 1]:
+            continue
+        pos = size if size < k else k - 1
+        while pos > 0 and best_score[pos - 1] < s:
+            if pos < k:
+                best[pos] = best[pos - 1]
+                best_score[pos] = best_score[pos - 1]
+                best_p[pos] = best_p[pos - 1]
+            pos -= 1
+        best[pos] = i
+        best_score[pos] = s
+        best_p[pos] = p
+        if size < k:
+            size += 1
+    chosen = best[:size].copy()
+    reason_feature, reason_weight = top_contributions(weights, x, chosen, n_reasons)
+    return (chosen, best_score[:size].copy(), best_p[:size].copy(), eligible,
+            reason_feature, reason_weight)

@@ -1,0 +1,220 @@
+"""Eligibility: which offers may be shown to this customer, here, now.
+
+An offer is eligible when all hold:
+- its channel bitmask has the request's channel bit;
+- its placement bitmask is 0 (any placement) or has the request's placement bit
+  (a request without a placement passes ``placement_bit = 0``: any offer passes);
+- ``valid_from <= now < valid_until`` (epoch seconds);
+- its rule program evaluates truthy over the request's slot vector.
+
+Rule programs
+-------------
+Every offer's rule is a postfix program in one shared ``code`` array of shape
+``(n_instructions, 3)`` int32 rows ``(opcode, a, b)``; offer ``i`` runs rows
+``prog_start[i]:prog_start[i + 1]`` (an empty range means "no rule": eligible).
+Operands are float64 on a fixed stack of ``MAX_STACK`` entries; the compiler
+(``decision.rules``) proves the depth bound and the types at catalog load, so the
+kernel does no checking. Values:
+
+- numbers as themselves; booleans as 1.0 / 0.0; strings as a 52-bit integer id
+  (exact in float64) given by ``decision.rules.string_id``;
+- a missing field is NaN: every comparison with NaN is false except ``!=``, which is
+  true (a missing value equals nothing), and NaN is falsy.
+
+Opcodes (``a``, ``b`` are the row's operands):
+
+=========== ======================================================================
+PUSH_SLOT   push ``slots[a]``
+PUSH_CONST  push ``consts[a]``
+EQ .. GE    pop y, pop x, push (x op y)
+AND, OR     pop y, pop x, push truthy(x) and/or truthy(y)
+NOT         pop x, push not truthy(x)
+ADD .. DIV  pop y, pop x, push x op y (IEEE: x / 0 is +-inf or NaN)
+NEG         pop x, push -x
+IN_SET      pop x, push x in ``consts[a:a + b]``
+=========== ======================================================================
+
+Cost: O(total instructions) per request, no allocation beyond the output mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+PUSH_SLOT = 0
+PUSH_CONST = 1
+EQ = 2
+NE = 3
+LT = 4
+LE = 5
+GT = 6
+GE = 7
+AND = 8
+OR = 9
+NOT = 10
+ADD = 11
+SUB = 12
+MUL = 13
+DIV = 14
+NEG = 15
+IN_SET = 16
+
+MAX_STACK = 32
+
+BINARY_COMPARE = {"==": EQ, "!=": NE, "<": LT, "<=": LE, ">": GT, ">=": GE}
+BINARY_ARITH = {"+": ADD, "-": SUB, "*": MUL, "/": DIV}
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _truthy(x):
+    return x == x and x != 0.0  # NaN (missing) is falsy
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def run_program(code, start, end, consts, slots, stack):
+    """Evaluate rows ``code[start:end]``; return the rule's truth value."""
+    if start == end:
+        return True
+    sp = 0
+    for pc in range(start, end):
+        op = code[pc, 0]
+        a = code[pc, 1]
+        if op == PUSH_SLOT:
+            stack[sp] = slots[a]
+            sp += 1
+        elif op == PUSH_CONST:
+            stack[sp] = consts[a]
+            sp += 1
+        elif op == NOT:
+            stack[sp - 1] = 0.0 if _truthy(stack[sp - 1]) else 1.0
+        elif op == NEG:
+            stack[sp - 1] = -stack[sp - 1]
+        elif op == IN_SET:
+            x = stack[sp - 1]
+            hit = 0.0
+            for j in range(a, a + code[pc, 2]):
+                if consts[j] == x:
+                    hit = 1.0
+                    break
+            stack[sp - 1] = hit
+        else:
+            sp -= 1
+            y = stack[sp]
+            x = stack[sp - 1]
+            if op == EQ:
+                r = 1.0 if x == y else 0.0
+            elif op == NE:
+                r = 1.0 if x != y else 0.0
+            elif op == LT:
+                r = 1.0 if x < y else 0.0
+            elif op == LE:
+                r = 1.0 if x <= y else 0.0
+            elif op == GT:
+                r = 1.0 if x > y else 0.0
+            elif op == GE:
+                r = 1.0 if x >= y else 0.0
+            elif op == AND:
+                r = 1.0 if _truthy(x) and _truthy(y) else 0.0
+            elif op == OR:
+                r = 1.0 if _truthy(x) or _truthy(y) else 0.0
+            elif op == ADD:
+                r = x + y
+            elif op == SUB:
+                r = x - y
+            elif op == MUL:
+                r = x * y
+            else:  # DIV
+                r = x / y
+            stack[sp - 1] = r
+    return _truthy(stack[0])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def offer_passes(i, code, prog_start, consts, slots, offer_masks, offer_window,
+                 channel_bit, placement_bit, now, stack):
+    """The eligibility test for offer ``i`` (see the module docstring)."""
+    if offer_masks[i, 0] & channel_bit == 0:
+        return False
+    placements = offer_masks[i, 1]
+    if placement_bit != 0 and placements != 0 and placements & placement_bit == 0:
+        return False
+    if now < offer_window[i, 0] or now >= offer_window[i, 1]:
+        return False
+    return run_program(code, prog_start[i], prog_start[i + 1], consts, slots, stack)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def eligible_mask(code, prog_start, consts, slots, offer_masks, offer_window,
+                  channel_bit, placement_bit, now):
+    """Boolean mask over offers: True where the offer is eligible.
+
+    code:         int32[m, 3]   rule programs of all offers
+    prog_start:   int32[n + 1]  program bounds per offer
+    consts:       float64[c]    constants the programs reference
+    slots:        float64[s]    this request's field values (NaN = missing)
+    offer_masks:  int64[n, 2]   (channel bitmask, placement bitmask; 0 = any)
+    offer_window: float64[n, 2] (valid_from, valid_until), epoch seconds
+    channel_bit, placement_bit: int64 single bits (placement_bit 0 = no placement)
+    now:          float64 epoch seconds
+    """
+    n = prog_start.shape[0] - 1
+    out = np.zeros(n, dtype=np.bool_)
+    stack = np.empty(MAX_STACK, dtype=np.float64)
+    for i in range(n):
+        out[i] = offer_passes(i, code, prog_start, consts, slots, offer_masks, offer_window,
+                              channel_bit, placement_bit, now, stack)
+    return out
+
+
+# --------------------------------------------------------------------- reference
+def eligible_mask_reference(code, prog_start, consts, slots, offer_masks, offer_window,
+                            channel_bit, placement_bit, now):
+    """Plain NumPy/Python reference of ``eligible_mask``, written independently."""
+    n = len(prog_start) - 1
+    ops = {
+        EQ: lambda x, y: x == y, NE: lambda x, y: x != y, LT: lambda x, y: x < y,
+        LE: lambda x, y: x <= y, GT: lambda x, y: x > y, GE: lambda x, y: x >= y,
+        ADD: lambda x, y: x + y, SUB: lambda x, y: x - y, MUL: lambda x, y: x * y,
+    }
+
+    def truthy(v):
+        return not np.isnan(v) and v != 0
+
+    def div(x, y):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(x) / np.float64(y))
+
+    out = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if not offer_masks[i, 0] & channel_bit:
+            continue
+        if placement_bit and offer_masks[i, 1] and not offer_masks[i, 1] & placement_bit:
+            continue
+        if not offer_window[i, 0] <= now < offer_window[i, 1]:
+            continue
+        stack: list[float] = []
+        for op, a, b in code[prog_start[i]:prog_start[i + 1]]:
+            if op == PUSH_SLOT:
+                stack.append(float(slots[a]))
+            elif op == PUSH_CONST:
+                stack.append(float(consts[a]))
+            elif op == NOT:
+                stack.append(0.0 if truthy(stack.pop()) else 1.0)
+            elif op == NEG:
+                stack.append(-stack.pop())
+            elif op == IN_SET:
+                x = stack.pop()
+                stack.append(1.0 if x in set(consts[a:a + b].tolist()) else 0.0)
+            else:
+                y, x = stack.pop(), stack.pop()
+                if op == AND:
+                    stack.append(float(truthy(x) and truthy(y)))
+                elif op == OR:
+                    stack.append(float(truthy(x) or truthy(y)))
+                elif op == DIV:
+                    stack.append(div(x, y))
+                else:
+                    stack.append(float(ops[op](x, y)))
+        out[i] = truthy(stack[0]) if stack else True
+    return out

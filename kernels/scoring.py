@@ -1,0 +1,122 @@
+"""Scoring: propensity (a logistic model) and arbitration.
+
+Propensity
+----------
+For offer ``i`` and customer features ``x`` (float32[F])::
+
+    propensity_i = sigmoid(bias[i] + sum_j weights[i, j] * x[j])
+
+``weights`` (float32[n, F]) and ``bias`` (float64[n]) are prepared once per catalog
+by ``decision.catalog`` from a logistic model over customer features *and* offer
+features: ``weights[i] = w_customer + A @ e_i`` and ``bias[i] = b + w_offer . e_i``
+where ``e_i`` are offer ``i``'s features and ``A`` the customer x offer interaction
+matrix. The request then costs one dot product of length F per eligible offer.
+
+Arbitration
+-----------
+``score_i = propensity_i x value_i x lever_i`` (Pega's P x V x L without the context
+weight): the expected business value of showing the offer, bent by a business lever
+(1 = neutral, 0 = never wins, 2 = counts double).
+
+The contribution of feature ``j`` to offer ``i``'s log-odds is ``weights[i, j] * x[j]``;
+``top_contributions`` returns the largest by absolute value for the reason codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def logit_of(weights, bias, x, i):
+    """Log-odds of offer ``i`` for features ``x`` (float64 accumulation)."""
+    z = bias[i]
+    for j in range(x.shape[0]):
+        z += weights[i, j] * x[j]
+    return z
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def sigmoid(z):
+    if z >= 0.0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def propensity(weights, bias, x, mask):
+    """float64[n]: the propensity of each offer where ``mask`` is True, else 0."""
+    n = weights.shape[0]
+    out = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        if mask[i]:
+            out[i] = sigmoid(logit_of(weights, bias, x, i))
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def arbitrate(p, value, lever, mask):
+    """float64[n]: ``p x value x lever`` where ``mask`` is True, else -inf."""
+    n = p.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        out[i] = p[i] * value[i] * lever[i] if mask[i] else -np.inf
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def top_contributions(weights, x, chosen, m):
+    """For each offer in ``chosen``, the ``m`` features with the largest |w * x|.
+
+    Returns (feature index int32[k, m], contribution float64[k, m]), largest first,
+    ties broken by lower feature index; features with zero contribution are
+    reported as index -1.
+    """
+    k = chosen.shape[0]
+    f = x.shape[0]
+    idx = np.full((k, m), -1, dtype=np.int32)
+    val = np.zeros((k, m), dtype=np.float64)
+    for r in range(k):
+        i = chosen[r]
+        for j in range(f):
+            c = weights[i, j] * x[j]
+            a = abs(c)
+            if a == 0.0:
+                continue
+            # insertion into the sorted row (strictly greater moves ahead)
+            pos = m
+            while pos > 0 and (idx[r, pos - 1] == -1 or abs(val[r, pos - 1]) < a):
+                pos -= 1
+            if pos < m:
+                for q in range(m - 1, pos, -1):
+                    idx[r, q] = idx[r, q - 1]
+                    val[r, q] = val[r, q - 1]
+                idx[r, pos] = j
+                val[r, pos] = c
+    return idx, val
+
+
+# --------------------------------------------------------------------- references
+def propensity_reference(weights, bias, x, mask):
+    z = bias + weights.astype(np.float64) @ x.astype(np.float64)
+    return np.where(mask, 1.0 / (1.0 + np.exp(-z)), 0.0)
+
+
+def arbitrate_reference(p, value, lever, mask):
+    return np.where(mask, p * value * lever, -np.inf)
+
+
+def top_contributions_reference(weights, x, chosen, m):
+    k = len(chosen)
+    idx = np.full((k, m), -1, dtype=np.int32)
+    val = np.zeros((k, m))
+    for r, i in enumerate(chosen):
+        c = weights[i].astype(np.float64) * x.astype(np.float64)
+        order = sorted((j for j in range(len(x)) if c[j] != 0), key=lambda j: (-abs(c[j]), j))
+        for q, j in enumerate(order[:m]):
+            idx[r, q], val[r, q] = j, c[j]
+    return idx, val
