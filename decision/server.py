@@ -1,0 +1,289 @@
+"""The gRPC layer: proto <-> domain, one engine call per RPC, errors -> status codes.
+
+Nothing else lives here. ``create_server`` builds a ready (warm) server bound to an
+address and returns it with its port, so tests bind port 0 and talk to a real server;
+``serve`` runs one process until a signal, ``serve_workers`` runs N processes on one
+port (SO_REUSEPORT) over one LMDB environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import uuid
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from decision.catalog import Catalog, Offer
+from decision.engine import (
+    DecideQuery, Decision, Engine, Identifier, ProfileUpdate,
+)
+from decision.errors import DecisionError
+from decision.layout import ProfileRecord
+from decision.settings import Settings
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+
+log = logging.getLogger("decision.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+
+def _rpc(method):
+    """Map package errors to their status; never send a stack trace to a client."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            return method(self, request, context)
+        except DecisionError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("internal error in %s (incident %s)", method.__name__, incident)
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"internal error (incident {incident}; details in the server log)")
+
+    return handler
+
+
+# ------------------------------------------------------------------ conversions
+def _identifier(msg: pb.Identifier) -> Identifier:
+    return Identifier(msg.kind, msg.value)
+
+
+def _value(msg: pb.Value):
+    which = msg.WhichOneof("kind")
+    return None if which is None else getattr(msg, which)
+
+
+def _to_value(v) -> pb.Value:
+    if isinstance(v, bool):
+        return pb.Value(bool_value=v)
+    if isinstance(v, str):
+        return pb.Value(string_value=v)
+    return pb.Value(number_value=v)
+
+
+def _decision(d: Decision) -> pb.DecideResponse:
+    return pb.DecideResponse(
+        decision_id=d.decision_id, cold_start=d.cold_start, eligible_count=d.eligible_count,
+        catalog_version=d.catalog_version, decided_at_ms=d.decided_at_ms,
+        offers=[pb.DecidedOffer(
+            offer_id=r.offer.id, name=r.offer.name, rank=r.rank, score=r.score,
+            propensity=r.propensity, value=r.offer.value, lever=r.offer.lever,
+            creative_json=r.offer.creative_json,
+            reasons=[pb.Reason(code=x.code, detail=x.detail, weight=x.weight)
+                     for x in r.reasons],
+        ) for r in d.offers],
+    )
+
+
+def _profile(p: ProfileRecord, feature_names: tuple[str, ...]) -> pb.Profile:
+    return pb.Profile(
+        profile_key=f"{p.key:016x}",
+        identifiers=[pb.Identifier(kind=k, value=v) for k, v in p.identifiers],
+        attributes={k: _to_value(v) for k, v in p.attributes.items()},
+        features={n: float(v) for n, v in zip(feature_names, p.features.tolist())},
+        counters=p.counters, created_at_ms=p.created_at_ms, updated_at_ms=p.updated_at_ms,
+    )
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000) if abs(seconds) != float("inf") else 0
+
+
+def _offer(o: Offer) -> pb.OfferInfo:
+    return pb.OfferInfo(
+        offer_id=o.id, name=o.name, channels=o.channels, placements=o.placements,
+        value=o.value, lever=o.lever, rule=o.rule, valid_from_ms=_ms(o.valid_from),
+        valid_until_ms=_ms(o.valid_until), creative_json=o.creative_json,
+    )
+
+
+def _catalog_info(c: Catalog) -> pb.CatalogInfo:
+    return pb.CatalogInfo(version=c.version, offer_count=len(c.offers), channels=c.channels,
+                          placements=c.placements, loaded_at_ms=c.loaded_at_ms)
+
+
+# ------------------------------------------------------------------ servicer
+class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @_rpc
+    def Decide(self, request: pb.DecideRequest, context) -> pb.DecideResponse:
+        query = DecideQuery(
+            customer=_identifier(request.customer), channel=request.channel,
+            placement=request.placement,
+            limit=request.limit if request.HasField("limit") else None,
+            context={k: _value(v) for k, v in request.context.items()},
+        )
+        return _decision(self.engine.decide(query))
+
+    @_rpc
+    def GetProfile(self, request: pb.GetProfileRequest, context) -> pb.Profile:
+        record = self.engine.get_profile(_identifier(request.customer))
+        return _profile(record, self.engine.catalog.feature_names)
+
+    @_rpc
+    def UpsertProfile(self, request: pb.UpsertProfileRequest, context) -> pb.Profile:
+        record = self.engine.upsert_profile(ProfileUpdate(
+            identifiers=tuple(_identifier(i) for i in request.identifiers),
+            attributes={k: _value(v) for k, v in request.attributes.items()},
+            features=dict(request.features),
+        ))
+        return _profile(record, self.engine.catalog.feature_names)
+
+    @_rpc
+    def ListOffers(self, request: pb.ListOffersRequest, context) -> pb.ListOffersResponse:
+        offers = self.engine.list_offers(request.channel, request.placement)
+        return pb.ListOffersResponse(offers=[_offer(o) for o in offers],
+                                     catalog_version=self.engine.catalog.version)
+
+    @_rpc
+    def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
+        return _catalog_info(self.engine.reload_catalog())
+
+
+# ------------------------------------------------------------------ server
+def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
+    """A grpc.Server with the project's transport settings (shared with the floor)."""
+    size = settings.limits.max_message_bytes
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.threads,
+                                   thread_name_prefix="decision-rpc"),
+        options=[
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+        ],
+    )
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    engine: Engine
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def create_server(settings: Settings, engine: Engine | None = None,
+                  reuse_port: bool = False) -> Running:
+    """Load the catalog, open the store, warm the kernels, bind; not yet started.
+
+    The health service answers NOT_SERVING until ``start`` has run.
+    """
+    engine = engine or Engine(settings)
+    engine.warm()
+    server = grpc_server(settings, reuse_port)
+    pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(engine), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.address} (address in use?)")
+    return Running(server, port, engine, health_servicer)
+
+
+def start(running: Running) -> None:
+    running.server.start()
+    for name in ("", SERVICE_NAME):
+        running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def serve(settings: Settings, reuse_port: bool = False, ready=None) -> None:
+    """Run one server process until SIGTERM/SIGINT; SIGHUP reloads the catalog."""
+    running = create_server(settings, reuse_port=reuse_port)
+    start(running)
+    host = settings.address.rpartition(":")[0]
+    catalog = running.engine.catalog
+    print(f"decision: serving on {host}:{running.port} (pid {os.getpid()}, catalog "
+          f"{catalog.version}, {len(catalog.offers)} offers, {running.engine.store.count()} "
+          f"profiles in {settings.data_dir})", flush=True)
+    stopping = threading.Event()
+
+    def on_stop(signum, frame):
+        stopping.set()
+
+    def on_reload(signum, frame):
+        threading.Thread(target=_reload, args=(running.engine,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
+    if ready is not None:
+        ready(running)
+    stopping.wait()
+    log.info("shutting down: draining requests in flight")
+    running.stop(grace=5.0)
+    running.engine.store.close()
+
+
+def _reload(engine: Engine) -> None:
+    try:
+        catalog = engine.reload_catalog()
+        log.info("catalog reloaded: %s (%d offers)", catalog.version, len(catalog.offers))
+    except DecisionError as exc:
+        log.error("catalog reload failed, the previous catalog keeps serving: %s", exc)
+
+
+def _worker(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(settings, reuse_port=True)
+
+
+def serve_workers(settings: Settings) -> None:
+    """Run ``settings.workers`` processes sharing the port; restart any that dies."""
+    if settings.workers == 1:
+        serve(settings)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    stopping = threading.Event()
+
+    def spawn(slot: int) -> None:
+        p = ctx.Process(target=_worker, args=(settings,), name=f"decision-worker-{slot}")
+        p.start()
+        procs[slot] = p
+
+    def on_signal(signum, frame):
+        stopping.set()
+        for p in procs.values():
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
+        if signum == signal.SIGHUP:
+            stopping.clear()
+
+    for slot in range(settings.workers):
+        spawn(slot)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    while not stopping.is_set():
+        multiprocessing.connection.wait([p.sentinel for p in procs.values()], timeout=0.5)
+        for slot, p in list(procs.items()):
+            if not p.is_alive() and not stopping.is_set():
+                log.warning("worker %s (pid %s) exited with %s; restarting", slot, p.pid,
+                            p.exitcode)
+                spawn(slot)
+    for p in procs.values():
+        p.join(timeout=10)
+    sys.exit(0)
