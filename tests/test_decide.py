@@ -1,0 +1,161 @@
+"""Decide through gRPC against a real server and a real LMDB store."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import grpc
+import pytest
+
+from decision.v1 import decision_pb2 as pb
+from tests.conftest import flag, ident, num, text
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+@pytest.fixture
+def alice(stub):
+    """A tier-3 French customer, not VIP, with known features."""
+    return stub.UpsertProfile(pb.UpsertProfileRequest(
+        identifiers=[ident("alice")],
+        attributes={"tier": num(3), "country": text("FR"), "vip": flag(False)},
+        features={"recency": 0.2, "frequency": 2.0, "monetary": 1.5},
+    ))
+
+
+def test_ranked_answer_with_score_parts_and_reasons(stub, alice):
+    reply = stub.Decide(pb.DecideRequest(
+        customer=ident("alice"), channel="web", placement="home_hero",
+        context={"country": text("FR")}))
+
+    assert [o.offer_id for o in reply.offers] == ["gold-upgrade", "welcome-10", "newsletter"]
+    assert [o.rank for o in reply.offers] == [1, 2, 3]
+    assert reply.eligible_count == 3
+    assert not reply.cold_start
+    assert reply.catalog_version.startswith("test@")
+    assert len(reply.decision_id) == 28
+
+    gold = reply.offers[0]
+    # log-odds by hand from tests/data/catalog.toml: intercept -1 + premium 0.2,
+    # recency -0.5*0.2, frequency 0.8*2, monetary (interaction premium 1.0)*1.5
+    assert gold.propensity == pytest.approx(sigmoid(-1 + 0.2 - 0.1 + 1.6 + 1.5), rel=1e-6)
+    assert (gold.value, gold.lever) == (40.0, 1.0)
+    assert gold.score == pytest.approx(gold.propensity * gold.value * gold.lever)
+    assert gold.reasons[0].code == "ELIGIBLE"
+    assert gold.reasons[0].detail == 'profile.tier >= 2 and context.country == "FR"'
+    features = [(r.detail, round(r.weight, 4)) for r in gold.reasons if r.code == "FEATURE"]
+    assert features == [("frequency", 1.6), ("monetary", 1.5), ("recency", -0.1)]
+    assert json.loads(gold.creative_json) == {"image": "gold.png", "title": "Go Gold"}
+
+    welcome = reply.offers[1]
+    assert welcome.lever == 1.5
+    assert welcome.score == pytest.approx(welcome.propensity * 10.0 * 1.5)
+    assert all(reply.offers[i].score >= reply.offers[i + 1].score for i in range(2))
+
+
+def test_unknown_customer_gets_a_cold_start_decision(stub):
+    reply = stub.Decide(pb.DecideRequest(customer=ident("nobody"), channel="email"))
+    assert reply.cold_start
+    assert [o.offer_id for o in reply.offers] == ["welcome-10", "newsletter"]
+    # no profile: rules see missing fields (not profile.vip holds), model sees zeros
+    assert reply.offers[0].propensity == pytest.approx(sigmoid(-1.0))
+    assert [r.code for r in reply.offers[0].reasons] == ["ELIGIBLE", "COLD_START"]
+
+
+def test_rules_read_profile_and_context(stub, alice):
+    def ids(**kw):
+        return [o.offer_id for o in stub.Decide(pb.DecideRequest(customer=ident("alice"), **kw)).offers]
+
+    assert "gold-upgrade" not in ids(channel="web", context={"country": text("DE")})
+    assert "basket-bonus" in ids(channel="web", placement="checkout", context={"basket": num(150)})
+    assert "basket-bonus" not in ids(channel="web", placement="checkout",
+                                     context={"basket": num(50)})
+    assert "lounge-pass" in ids(channel="kiosk")  # profile.country in ["FR", "BE"]
+
+
+def test_channel_placement_and_validity_window(stub, alice):
+    for channel in ("web", "app", "kiosk", "contact_center", "email"):
+        reply = stub.Decide(pb.DecideRequest(customer=ident("alice"), channel=channel,
+                                             limit=100, context={"country": text("FR")}))
+        for o in reply.offers:
+            info = {x.offer_id: x for x in stub.ListOffers(pb.ListOffersRequest()).offers}
+            assert channel in info[o.offer_id].channels
+        assert "expired-promo" not in [o.offer_id for o in reply.offers]
+    checkout = stub.Decide(pb.DecideRequest(customer=ident("alice"), channel="web",
+                                            placement="checkout", context={"country": text("FR")}))
+    assert "gold-upgrade" not in [o.offer_id for o in checkout.offers]  # home_hero only
+
+
+def test_limit_and_default(stub, alice):
+    one = stub.Decide(pb.DecideRequest(customer=ident("alice"), channel="web", limit=1,
+                                       context={"country": text("FR")}))
+    assert [o.offer_id for o in one.offers] == ["gold-upgrade"]
+    default = stub.Decide(pb.DecideRequest(customer=ident("alice"), channel="web"))
+    assert 1 <= len(default.offers) <= 5
+
+
+def test_next_decision_sees_a_profile_update(stub, alice):
+    ask = pb.DecideRequest(customer=ident("alice"), channel="web", context={"country": text("FR")})
+    assert "gold-upgrade" in [o.offer_id for o in stub.Decide(ask).offers]
+    stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("alice")],
+                                               attributes={"tier": num(1)}))
+    assert "gold-upgrade" not in [o.offer_id for o in stub.Decide(ask).offers]
+
+
+@pytest.mark.parametrize("request_, field", [
+    (pb.DecideRequest(channel="web"), "customer.value"),
+    (pb.DecideRequest(customer=ident(""), channel="web"), "customer.value"),
+    (pb.DecideRequest(customer=ident("x", kind="passport"), channel="web"), "customer.kind"),
+    (pb.DecideRequest(customer=ident("x" * 300), channel="web"), "customer.value"),
+    (pb.DecideRequest(customer=ident("x")), "channel"),
+    (pb.DecideRequest(customer=ident("x"), channel="fax"), "channel"),
+    (pb.DecideRequest(customer=ident("x"), channel="web", placement="footer"), "placement"),
+    (pb.DecideRequest(customer=ident("x"), channel="web", limit=0), "limit"),
+    (pb.DecideRequest(customer=ident("x"), channel="web", limit=-3), "limit"),
+    (pb.DecideRequest(customer=ident("x"), channel="web", limit=101), "limit"),
+    (pb.DecideRequest(customer=ident("x"), channel="web",
+                      context={f"k{i}": num(i) for i in range(65)}), "context"),
+    (pb.DecideRequest(customer=ident("x"), channel="web",
+                      context={"country": text("F" * 300)}), "context['country']"),
+    (pb.DecideRequest(customer=ident("x"), channel="web",
+                      context={"country": num(33)}), "context['country']"),
+])
+def test_bad_input_is_invalid_argument_naming_the_field(stub, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(request_)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field), err.value.details()
+    assert "Traceback" not in err.value.details()
+    # the worker is alive and well
+    assert stub.Decide(pb.DecideRequest(customer=ident("x"), channel="web")).offers
+
+
+def test_oversized_message_is_resource_exhausted(stub):
+    huge = pb.DecideRequest(customer=ident("x"), channel="web",
+                            context={"blob": text("x" * (5 * 1024 * 1024))})
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(huge)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.Decide(pb.DecideRequest(customer=ident("x"), channel="web")).offers
+
+
+def test_undeclared_context_keys_are_ignored(stub):
+    reply = stub.Decide(pb.DecideRequest(customer=ident("x"), channel="web",
+                                         context={"campaign": text("spring")}))
+    assert reply.offers
+
+
+def test_corrupt_profile_is_a_clear_error_for_that_customer_only(stub, running, alice):
+    from decision.store import profile_key_bytes
+
+    key = int(alice.profile_key, 16)
+    running.engine.store.write(lambda txn: txn.put(
+        profile_key_bytes(key), b"garbage!", db=running.engine.store.profiles_db))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(pb.DecideRequest(customer=ident("alice"), channel="web"))
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert alice.profile_key in err.value.details()
+    assert stub.Decide(pb.DecideRequest(customer=ident("bob"), channel="web")).offers

@@ -1,0 +1,140 @@
+"""GetProfile and UpsertProfile through gRPC, and the store underneath."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from decision import layout
+from decision.layout import ProfileRecord
+from decision.store import ProfileStore
+from decision.v1 import decision_pb2 as pb
+from tests.conftest import flag, ident, num, text
+
+
+def test_upsert_then_get(stub):
+    created = stub.UpsertProfile(pb.UpsertProfileRequest(
+        identifiers=[ident("c-1"), ident("ck-9", "cookie")],
+        attributes={"tier": num(2), "country": text("BE"), "vip": flag(True),
+                    "nickname": text("Bea")},
+        features={"monetary": 3.5}))
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("ck-9", "cookie")))
+    assert got.profile_key == created.profile_key
+    assert {(i.kind, i.value) for i in got.identifiers} == {("customer_id", "c-1"),
+                                                           ("cookie", "ck-9")}
+    assert got.attributes["tier"].number_value == 2
+    assert got.attributes["country"].string_value == "BE"
+    assert got.attributes["vip"].bool_value is True
+    assert got.attributes["nickname"].string_value == "Bea"  # undeclared: stored as is
+    assert dict(got.features) == {"recency": 0.0, "frequency": 0.0, "monetary": 3.5,
+                                  "app_user": 0.0}
+    assert got.created_at_ms > 0 and got.updated_at_ms >= got.created_at_ms
+
+
+def test_upsert_updates_in_place_and_deletes_with_empty_value(stub):
+    first = stub.UpsertProfile(pb.UpsertProfileRequest(
+        identifiers=[ident("c-2")], attributes={"tier": num(1), "country": text("FR")}))
+    second = stub.UpsertProfile(pb.UpsertProfileRequest(
+        identifiers=[ident("c-2"), ident("L-77", "loyalty_id")],
+        attributes={"tier": num(3), "country": pb.Value()}))
+    assert second.profile_key == first.profile_key
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("L-77", "loyalty_id")))
+    assert got.attributes["tier"].number_value == 3
+    assert "country" not in got.attributes
+
+
+def test_unknown_profile_is_not_found(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetProfile(pb.GetProfileRequest(customer=ident("ghost")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "ghost" in err.value.details()
+
+
+@pytest.mark.parametrize("request_, code, field", [
+    (pb.UpsertProfileRequest(), "INVALID_ARGUMENT", "identifiers"),
+    (pb.UpsertProfileRequest(identifiers=[ident("a", "ssn")]), "INVALID_ARGUMENT",
+     "identifiers[0].kind"),
+    (pb.UpsertProfileRequest(identifiers=[ident("a")], attributes={"tier": text("gold")}),
+     "INVALID_ARGUMENT", "attributes['tier']"),
+    (pb.UpsertProfileRequest(identifiers=[ident("a")], features={"height": 1.0}),
+     "INVALID_ARGUMENT", "features['height']"),
+    (pb.UpsertProfileRequest(identifiers=[ident("a")], features={"recency": float("nan")}),
+     "INVALID_ARGUMENT", "features['recency']"),
+])
+def test_bad_upserts(stub, request_, code, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UpsertProfile(request_)
+    assert err.value.code() == grpc.StatusCode[code]
+    assert err.value.details().startswith(field), err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # nothing was written
+        stub.GetProfile(pb.GetProfileRequest(customer=ident("a")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_identifiers_of_two_profiles_are_not_silently_merged(stub):
+    stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("p1")]))
+    stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("p2")]))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("p1"), ident("p2")]))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    p1 = stub.GetProfile(pb.GetProfileRequest(customer=ident("p1")))
+    assert [i.value for i in p1.identifiers] == ["p1"]
+
+
+def test_feature_vector_is_read_in_place(tmp_path):
+    """The kernels' feature view points into the memory map: no copy."""
+    store = ProfileStore(tmp_path / "s", map_size=1 << 20)
+    features = np.arange(32, dtype=np.float32)
+    store.write(lambda txn: store.save(txn, ProfileRecord(key=7, features=features,
+                                                           identifiers=[("customer_id", "z")])))
+    with store.reader() as r:
+        buf = r.profile_buffer(r.resolve("customer_id", "z"))
+        view = layout.feature_view(buf, 32)
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        assert view.ctypes.data == raw.ctypes.data + layout.HEAD_SIZE
+        assert not view.flags.writeable
+        np.testing.assert_array_equal(view, features)
+    store.close()
+
+
+def test_map_grows_instead_of_failing(tmp_path):
+    store = ProfileStore(tmp_path / "s", map_size=1 << 20)
+    before = store.map_size
+    blob = "x" * 2000
+    for batch in range(10):
+        def work(txn, batch=batch):
+            for i in range(100):
+                key = batch * 100 + i + 1
+                store.save(txn, ProfileRecord(key=key, features=np.zeros(4, np.float32),
+                                              attributes={"blob": blob},
+                                              identifiers=[("customer_id", f"g{key}")]))
+        store.write(work)
+    assert store.map_size > before
+    assert store.count() == 1000
+    assert store.get(1000).attributes["blob"] == blob
+    store.close()
+
+
+def test_map_growth_through_the_api(tmp_path, catalog_file):
+    from decision.server import create_server, start
+    from decision.settings import Settings
+    from decision.v1 import decision_pb2_grpc as pb_grpc
+
+    settings = Settings(data_dir=tmp_path / "small", catalog_path=catalog_file,
+                        address="127.0.0.1:0", map_size=1 << 20)
+    running = create_server(settings)
+    start(running)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            for i in range(120):
+                stub.UpsertProfile(pb.UpsertProfileRequest(
+                    identifiers=[ident(f"big-{i}")],
+                    attributes={f"note{j}": text("n" * 250) for j in range(40)}))
+            assert running.engine.store.map_size > 1 << 20
+            got = stub.GetProfile(pb.GetProfileRequest(customer=ident("big-0")))
+            assert got.attributes["note39"].string_value == "n" * 250
+    finally:
+        running.stop(grace=None)
+        running.engine.store.close()
