@@ -48,6 +48,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_floor(args) -> int:
+    from decision.floor import serve_floor
+
+    serve_floor(_settings(args, Path("."), Path(".")))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from decision.demo import ensure_demo
     from decision.server import serve
@@ -190,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_server_flags(demo)
     demo.set_defaults(run=cmd_demo)
+
+    floor = sub.add_parser("floor", help="serve the same API with empty handlers, to measure "
+                           "what the transport alone costs (benchmarks compare against it)")
+    _add_server_flags(floor)
+    floor.set_defaults(run=cmd_floor)
 
     ask = sub.add_parser("ask", help="ask a running server for one decision and print it")
     ask.add_argument("--address", default=DEFAULT_ADDRESS)

@@ -26,5 +26,22 @@ def create_floor_server(settings: Settings):
     server = grpc_server(settings, reuse_port=False)
     pb_grpc.add_DecisionServiceServicer_to_server(EmptyDecisionServicer(), server)
     port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.address} (address in use?)")
     server.start()
     return server, port
+
+
+def serve_floor(settings: Settings) -> None:
+    """Serve the empty-handler service until SIGTERM/SIGINT."""
+    import signal
+    import threading
+
+    server, port = create_floor_server(settings)
+    print(f"decision floor: empty handlers on {settings.address.rpartition(':')[0]}:{port}",
+          flush=True)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    stopping.wait()
+    server.stop(None).wait()

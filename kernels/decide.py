@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.eligibility import MAX_STACK, offer_passes
+from kernels.eligibility import MAX_STACK, in_scope, run_program
 from kernels.scoring import logit_of, sigmoid, top_contributions
 
 
@@ -40,8 +40,10 @@ def decide_offers(code, prog_start, consts, slots, offer_masks, offer_window, of
     size = 0
     eligible = 0
     for i in range(n):
-        if not offer_passes(i, code, prog_start, consts, slots, offer_masks, offer_window,
-                            channel_bit, placement_bit, now, stack):
+        if not in_scope(offer_masks[i, 0], offer_masks[i, 1], offer_window[i, 0],
+                        offer_window[i, 1], channel_bit, placement_bit, now):
+            continue
+        if not run_program(code, prog_start[i], prog_start[i + 1], consts, slots, stack):
             continue
         eligible += 1
         p = sigmoid(logit_of(weights, bias, x, i))

@@ -131,17 +131,14 @@ def run_program(code, start, end, consts, slots, stack):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def offer_passes(i, code, prog_start, consts, slots, offer_masks, offer_window,
-                 channel_bit, placement_bit, now, stack):
-    """The eligibility test for offer ``i`` (see the module docstring)."""
-    if offer_masks[i, 0] & channel_bit == 0:
+def in_scope(channels, placements, valid_from, valid_until, channel_bit, placement_bit, now):
+    """Channel, placement and validity checks of one offer (scalars only: a call
+    with array arguments per offer would cost more than the checks themselves)."""
+    if channels & channel_bit == 0:
         return False
-    placements = offer_masks[i, 1]
     if placement_bit != 0 and placements != 0 and placements & placement_bit == 0:
         return False
-    if now < offer_window[i, 0] or now >= offer_window[i, 1]:
-        return False
-    return run_program(code, prog_start[i], prog_start[i + 1], consts, slots, stack)
+    return valid_from <= now < valid_until
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -162,8 +159,9 @@ def eligible_mask(code, prog_start, consts, slots, offer_masks, offer_window,
     out = np.zeros(n, dtype=np.bool_)
     stack = np.empty(MAX_STACK, dtype=np.float64)
     for i in range(n):
-        out[i] = offer_passes(i, code, prog_start, consts, slots, offer_masks, offer_window,
-                              channel_bit, placement_bit, now, stack)
+        out[i] = (in_scope(offer_masks[i, 0], offer_masks[i, 1], offer_window[i, 0],
+                           offer_window[i, 1], channel_bit, placement_bit, now)
+                  and run_program(code, prog_start[i], prog_start[i + 1], consts, slots, stack))
     return out
 
 

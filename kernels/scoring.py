@@ -30,13 +30,18 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+# Reassociation lets LLVM vectorise the dot product (3x faster at F = 32); the other
+# fast-math flags (no-NaN, no-inf) are NOT allowed: the rule VM relies on NaN.
+_DOT_MATH = {"reassoc", "contract"}
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=_DOT_MATH)
 def logit_of(weights, bias, x, i):
-    """Log-odds of offer ``i`` for features ``x`` (float64 accumulation)."""
-    z = bias[i]
+    """Log-odds of offer ``i`` for features ``x`` (float64 accumulation, vectorised)."""
+    z = 0.0
     for j in range(x.shape[0]):
         z += weights[i, j] * x[j]
-    return z
+    return bias[i] + z
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

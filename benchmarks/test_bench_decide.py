@@ -1,0 +1,21 @@
+"""The whole in-process decide over 1,000 candidate offers: validation, LMDB read,
+kernels, answer objects. Budget (issue 3): p99 <= 100 us."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.conftest import ci_slack, percentiles, record
+
+BUDGET_P99_US = 100.0
+
+
+def test_in_process_decide(benchmark, engine, queries):
+    it = iter(queries * 10)
+    decision = benchmark.pedantic(lambda: engine.decide(next(it)), rounds=20_000,
+                                  iterations=1, warmup_rounds=500)
+    assert decision.offers and decision.eligible_count > 100
+    p = percentiles(np.asarray(benchmark.stats.stats.data) * 1e9)
+    record("in-process decide (1000 offers)", "p50", p["p50"], BUDGET_P99_US, "us")
+    record("in-process decide (1000 offers)", "p99", p["p99"], BUDGET_P99_US, "us")
+    assert p["p99"] <= BUDGET_P99_US * ci_slack(), p

@@ -1,0 +1,32 @@
+"""Profile read and decode: resolve the identifier, read the value in place, view the
+feature vector, decode the attributes. Budget: p99 <= 15 us."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.conftest import ci_slack, percentiles, record
+from decision import layout
+
+BUDGET_P99_US = 15.0
+
+
+def test_profile_read_and_decode(benchmark, engine, queries):
+    store = engine.store
+    it = iter(queries * 10)
+
+    def read():
+        q = next(it)
+        with store.reader() as r:
+            key = r.resolve(q.customer.kind, q.customer.value)
+            buf = r.profile_buffer(key)
+            n, _ = layout.check_head(buf, key)
+            x = layout.feature_view(buf, n)
+            attrs = layout.decode_tail(buf, n, key)["a"]
+            return float(x[0]), attrs["tier"]
+
+    benchmark.pedantic(read, rounds=20_000, iterations=1, warmup_rounds=500)
+    p = percentiles(np.asarray(benchmark.stats.stats.data) * 1e9)
+    record("profile read + decode", "p50", p["p50"], BUDGET_P99_US, "us")
+    record("profile read + decode", "p99", p["p99"], BUDGET_P99_US, "us")
+    assert p["p99"] <= BUDGET_P99_US * ci_slack(), p
