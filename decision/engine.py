@@ -68,22 +68,56 @@ class RankedOffer(NamedTuple):
     reasons: tuple[Reason, ...]
 
 
-class Decision(NamedTuple):
-    decision_id: str
-    offers: tuple[RankedOffer, ...]
-    cold_start: bool
-    eligible_count: int
-    catalog_version: str
-    decided_at_ms: int
+class Decision:
+    """One answer. The ranking stays as the kernel produced it (plain lists, index
+    order = rank order) so front ends can encode it without intermediate objects;
+    ``offers`` builds the ``RankedOffer`` view on demand."""
+
+    __slots__ = ("decision_id", "cold_start", "eligible_count", "catalog_version",
+                 "decided_at_ms", "prepared", "offer_index", "score", "propensity",
+                 "feature_index", "feature_weight")
+
+    def __init__(self, decision_id: str, cold_start: bool, eligible_count: int,
+                 decided_at_ms: int, prepared: "_Prepared", offer_index: list[int],
+                 score: list[float], propensity: list[float],
+                 feature_index: list[list[int]], feature_weight: list[list[float]]):
+        self.decision_id = decision_id
+        self.cold_start = cold_start
+        self.eligible_count = eligible_count
+        self.catalog_version = prepared.catalog.version
+        self.decided_at_ms = decided_at_ms
+        self.prepared = prepared
+        self.offer_index = offer_index
+        self.score = score
+        self.propensity = propensity
+        self.feature_index = feature_index  # per ranked offer, -1 = no feature
+        self.feature_weight = feature_weight
+
+    @property
+    def offers(self) -> tuple["RankedOffer", ...]:
+        prepared = self.prepared
+        offers = prepared.catalog.offers
+        names = prepared.catalog.feature_names
+        ranked = []
+        for r, i in enumerate(self.offer_index):
+            if self.cold_start:
+                reasons = (prepared.eligible_reason[i], COLD_START)
+            else:
+                reasons = (prepared.eligible_reason[i], *[
+                    Reason("FEATURE", names[j], w)
+                    for j, w in zip(self.feature_index[r], self.feature_weight[r]) if j >= 0])
+            ranked.append(RankedOffer(offers[i], r + 1, self.score[r], self.propensity[r],
+                                      reasons))
+        return tuple(ranked)
+
+
+COLD_START = Reason("COLD_START", "no profile: the model's prior")
 
 
 class ProfileUpdate(NamedTuple):
     identifiers: tuple[Identifier, ...]
     attributes: Mapping[str, AttributeValue | None] = {}  # never mutated
     features: Mapping[str, float] = {}
-
-
-COLD_START = Reason("COLD_START", "no profile: the model's prior")
 
 
 class _Prepared:
@@ -117,6 +151,7 @@ class Engine:
         self.clock = clock
         self.store = store or ProfileStore(settings.data_dir, settings.map_size)
         self._reload_lock = threading.Lock()
+        self._catalog_listeners: list[Callable[[Catalog], None]] = []
         self._active = self._prepare(load_catalog(settings.catalog_path))
 
     # ------------------------------------------------------------- catalog
@@ -126,7 +161,15 @@ class Engine:
 
     def _prepare(self, catalog: Catalog) -> _Prepared:
         self.store.ensure_schema(catalog.feature_names)
+        for listener in self._catalog_listeners:
+            listener(catalog)
         return _Prepared(catalog)
+
+    def on_catalog(self, listener: Callable[[Catalog], None]) -> None:
+        """Call ``listener(catalog)`` now and for every new catalog, before it is
+        swapped in (front ends prepare their per-catalog caches off the request path)."""
+        self._catalog_listeners.append(listener)
+        listener(self.catalog)
 
     def reload_catalog(self) -> Catalog:
         """Compile the catalog file aside and swap it in; the old one keeps serving
@@ -189,29 +232,10 @@ class Engine:
                 catalog.code, catalog.prog_start, catalog.consts, slots, catalog.offer_masks,
                 catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
                 channel_bit, placement_bit, now, k, N_FEATURE_REASONS)
-        cold = buf is None
         return Decision(
-            decision_id=_decision_id(now),
-            offers=self._ranked(active, chosen, score, prop, r_feature, r_weight, cold),
-            cold_start=cold, eligible_count=int(eligible),
-            catalog_version=catalog.version, decided_at_ms=int(now * 1000),
-        )
-
-    def _ranked(self, active: _Prepared, chosen, score, prop, r_feature, r_weight, cold):
-        offers = active.catalog.offers
-        eligible_reason = active.eligible_reason
-        names = active.catalog.feature_names
-        ranked = []
-        for r, (i, s, p, features, weights) in enumerate(zip(
-                chosen.tolist(), score.tolist(), prop.tolist(), r_feature.tolist(),
-                r_weight.tolist())):
-            if cold:
-                reasons = (eligible_reason[i], COLD_START)
-            else:
-                reasons = (eligible_reason[i], *[Reason("FEATURE", names[j], w)
-                                                 for j, w in zip(features, weights) if j >= 0])
-            ranked.append(RankedOffer(offers[i], r + 1, s, p, reasons))
-        return tuple(ranked)
+            _decision_id(now), buf is None, int(eligible), int(now * 1000), active,
+            chosen.tolist(), score.tolist(), prop.tolist(), r_feature.tolist(),
+            r_weight.tolist())
 
     def _fill_context(self, active: _Prepared, context, slots: np.ndarray) -> None:
         limits = self.limits

@@ -33,6 +33,7 @@ from decision.layout import ProfileRecord
 from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+from decision.wire import OfferEncodings, encode_decision
 
 log = logging.getLogger("decision.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
@@ -74,7 +75,9 @@ def _to_value(v) -> pb.Value:
     return pb.Value(number_value=v)
 
 
-def _decision(d: Decision) -> pb.DecideResponse:
+def decision_message(d: Decision) -> pb.DecideResponse:
+    """The DecideResponse as a message tree (reference for ``decision.wire``; clients
+    in-process)."""
     return pb.DecideResponse(
         decision_id=d.decision_id, cold_start=d.cold_start, eligible_count=d.eligible_count,
         catalog_version=d.catalog_version, decided_at_ms=d.decided_at_ms,
@@ -117,18 +120,33 @@ def _catalog_info(c: Catalog) -> pb.CatalogInfo:
 
 # ------------------------------------------------------------------ servicer
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    """Decide answers with pre-encoded bytes (``decision.wire``); see ``add_to_server``."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._encodings: dict[Catalog, OfferEncodings] = {}
+        engine.on_catalog(self._prepare_encodings)
+
+    def _prepare_encodings(self, catalog: Catalog) -> None:
+        """Runs before ``catalog`` is swapped in: keep the active catalog's encodings
+        for the requests still in flight on it."""
+        active = self.engine.catalog
+        kept = {c: e for c, e in self._encodings.items() if c is active}
+        self._encodings = {**kept, catalog: OfferEncodings(catalog)}
 
     @_rpc
-    def Decide(self, request: pb.DecideRequest, context) -> pb.DecideResponse:
+    def Decide(self, request: pb.DecideRequest, context) -> bytes:
         query = DecideQuery(
             customer=_identifier(request.customer), channel=request.channel,
             placement=request.placement,
             limit=request.limit if request.HasField("limit") else None,
             context={k: _value(v) for k, v in request.context.items()},
         )
-        return _decision(self.engine.decide(query))
+        decision = self.engine.decide(query)
+        encodings = self._encodings.get(decision.prepared.catalog)
+        if encodings is None:  # a request that outlived two reloads: rare, still right
+            encodings = OfferEncodings(decision.prepared.catalog)
+        return encode_decision(decision, encodings)
 
     @_rpc
     def GetProfile(self, request: pb.GetProfileRequest, context) -> pb.Profile:
@@ -156,6 +174,23 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
 
 # ------------------------------------------------------------------ server
+def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
+    """Register the service like the generated ``add_DecisionServiceServicer_to_server``,
+    except that Decide's reply is already serialised (bytes pass through)."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["DecisionService"].methods:
+        request_cls = getattr(pb, method.input_type.name)
+        reply_cls = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=request_cls.FromString,
+            response_serializer=bytes if method.name == "Decide" else reply_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
     """A grpc.Server with the project's transport settings (shared with the floor)."""
     size = settings.limits.max_message_bytes
@@ -191,7 +226,7 @@ def create_server(settings: Settings, engine: Engine | None = None,
     engine = engine or Engine(settings)
     engine.warm()
     server = grpc_server(settings, reuse_port)
-    pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(engine), server)
+    add_to_server(DecisionServicer(engine), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

@@ -1,0 +1,111 @@
+"""DecideResponse straight to protobuf wire bytes, without building messages.
+
+Building a ``DecideResponse`` message tree per request (offers, reasons) cost more
+than the whole decision (27 us vs. 57 us in-process for five offers): the same
+Python-overhead trap as feast #3649. Protobuf's wire format concatenates, so:
+
+- once per catalog version, ``OfferEncodings`` serialises with the generated classes
+  everything about an offer that does not change between requests (id, name, value,
+  lever, creative, its ELIGIBLE reason), and each feature's FEATURE reason prefix;
+- per request, ``encode_decision`` appends only what varies (rank, score, propensity,
+  feature weights, the response header) with ``struct``.
+
+The result parses to exactly the message ``decision.server`` would have built; the
+tests compare the two on many decisions, so a change to the proto that this module
+does not follow fails them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from decision.catalog import Catalog
+from decision.engine import COLD_START, Decision
+from decision.v1 import decision_pb2 as pb
+
+_DOUBLE = struct.Struct("<d").pack
+_F = pb.DecideResponse.DESCRIPTOR.fields_by_name
+_O = pb.DecidedOffer.DESCRIPTOR.fields_by_name
+_R = pb.Reason.DESCRIPTOR.fields_by_name
+_LEN, _I64, _VARINT = 2, 1, 0
+
+
+def _tag(field, wire_type: int) -> bytes:
+    return _varint(field.number << 3 | wire_type)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _length_delimited(tag: bytes, payload: bytes) -> bytes:
+    return tag + _varint(len(payload)) + payload
+
+
+_T_DECISION_ID = _tag(_F["decision_id"], _LEN)
+_T_OFFERS = _tag(_F["offers"], _LEN)
+_COLD_START = _tag(_F["cold_start"], _VARINT) + b"\x01"
+_T_ELIGIBLE_COUNT = _tag(_F["eligible_count"], _VARINT)
+_T_CATALOG_VERSION = _tag(_F["catalog_version"], _LEN)
+_T_DECIDED_AT = _tag(_F["decided_at_ms"], _VARINT)
+_T_RANK = _tag(_O["rank"], _VARINT)
+_T_SCORE = _tag(_O["score"], _I64)
+_T_PROPENSITY = _tag(_O["propensity"], _I64)
+_T_REASON = _tag(_O["reasons"], _LEN)
+_T_WEIGHT = _tag(_R["weight"], _I64)
+_COLD_REASON = _length_delimited(_T_REASON, pb.Reason(
+    code=COLD_START.code, detail=COLD_START.detail).SerializeToString())
+
+
+class OfferEncodings:
+    """The per-catalog-version bytes ``encode_decision`` assembles answers from."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.offer_static = [
+            pb.DecidedOffer(
+                offer_id=o.id, name=o.name, value=o.value, lever=o.lever,
+                creative_json=o.creative_json,
+                reasons=[pb.Reason(code="ELIGIBLE", detail=o.rule or "no rule")],
+            ).SerializeToString()
+            for o in catalog.offers
+        ]
+        # a FEATURE reason is its static prefix + weight (8 bytes): fixed length
+        self.feature_prefix = []
+        for name in catalog.feature_names:
+            prefix = pb.Reason(code="FEATURE", detail=name).SerializeToString()
+            body_len = len(prefix) + len(_T_WEIGHT) + 8
+            self.feature_prefix.append(_T_REASON + _varint(body_len) + prefix + _T_WEIGHT)
+        self.version = _length_delimited(_T_CATALOG_VERSION, catalog.version.encode())
+
+
+def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
+    """The serialised ``DecideResponse`` for ``d`` (``enc`` from d's catalog)."""
+    parts = [_T_DECISION_ID, _varint(len(d.decision_id)), d.decision_id.encode()]
+    static = enc.offer_static
+    prefix = enc.feature_prefix
+    cold = d.cold_start
+    for r, i in enumerate(d.offer_index):
+        body = [static[i], _T_RANK, _varint(r + 1), _T_SCORE, _DOUBLE(d.score[r]),
+                _T_PROPENSITY, _DOUBLE(d.propensity[r])]
+        if cold:
+            body.append(_COLD_REASON)
+        else:
+            for j, w in zip(d.feature_index[r], d.feature_weight[r]):
+                if j >= 0:
+                    body.append(prefix[j])
+                    body.append(_DOUBLE(w))
+        offer = b"".join(body)
+        parts += (_T_OFFERS, _varint(len(offer)), offer)
+    if cold:
+        parts.append(_COLD_START)
+    parts += (_T_ELIGIBLE_COUNT, _varint(d.eligible_count), enc.version, _T_DECIDED_AT,
+              _varint(d.decided_at_ms))
+    return b"".join(parts)
