@@ -106,12 +106,17 @@ class ProgramBuilder:
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as exc:
-            raise RuleError(
-                f"rule `{text}`: syntax error at column {exc.offset}: {exc.msg}"
-            ) from None
+            where = f" at column {exc.offset}" if exc.offset else ""
+            raise RuleError(f"rule `{text}`: syntax error{where}: {exc.msg}") from None
+        except (ValueError, RecursionError, MemoryError):  # NUL bytes, absurd nesting
+            raise RuleError(f"rule `{text}`: not a valid expression (too complex or "
+                            "contains a NUL byte)") from None
         compiler = _Compiler(self, text)
         try:
             result_type = compiler.emit(tree.body)
+        except RecursionError:
+            del self.code[start:]
+            raise RuleError(f"rule `{text}`: too deeply nested") from None
         except RuleError:
             del self.code[start:]
             raise
@@ -158,7 +163,7 @@ class _Compiler:
             if isinstance(v, bool):
                 return "bool", float(v)
             if isinstance(v, (int, float)):
-                return "number", float(v)
+                return "number", self.number(node, v)
             if isinstance(v, str):
                 return "string", string_id(v)
             raise self.fail(node, f"unsupported literal {v!r}")
@@ -168,8 +173,14 @@ class _Compiler:
                 and isinstance(node.operand, ast.Constant)
                 and isinstance(node.operand.value, (int, float))
                 and not isinstance(node.operand.value, bool)):
-            return "number", -float(node.operand.value)
+            return "number", -self.number(node, node.operand.value)
         return None
+
+    def number(self, node: ast.AST, v: int | float) -> float:
+        try:
+            return float(v)
+        except OverflowError:
+            raise self.fail(node, f"number {str(v)[:20]}... is too large") from None
 
     # -- the walk
     def emit(self, node: ast.AST) -> FieldType:

@@ -38,7 +38,7 @@ _DOT_MATH = {"reassoc", "contract"}
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_DOT_MATH)
 def logit_of(weights, bias, x, i):
     """Log-odds of offer ``i`` for features ``x`` (float64 accumulation, vectorised)."""
-    z = 0.0
+    z = np.float64(0.0)  # float64 with or without the JIT (NumPy 2 would keep float32)
     for j in range(x.shape[0]):
         z += weights[i, j] * x[j]
     return bias[i] + z

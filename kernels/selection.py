@@ -17,6 +17,8 @@ from numba import njit
 @njit(cache=True, nogil=True, error_model="numpy")
 def top_k(scores, k):
     """int32 indices of the best ``k`` finite-or-+inf scores, best first."""
+    if k <= 0:
+        return np.empty(0, dtype=np.int32)
     best = np.empty(k, dtype=np.int32)
     best_score = np.empty(k, dtype=np.float64)
     size = 0
