@@ -43,6 +43,16 @@ def percentiles(ns) -> dict[str, float]:
             "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": int(a.size)}
 
 
+def pytest_collection_modifyitems(items):
+    """A benchmark that breaks its budget is measured again, up to twice: a shared
+    machine can stall for a moment, but a budget that is really broken fails all three
+    runs (and every attempt's figures are in the summary table)."""
+    here = Path(__file__).parent
+    for item in items:
+        if Path(item.fspath).parent == here:
+            item.add_marker(pytest.mark.flaky(reruns=2))
+
+
 def pytest_terminal_summary(terminalreporter):
     if not FIGURES:
         return
