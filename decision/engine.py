@@ -30,7 +30,7 @@ import numpy as np
 
 from decision import layout
 from decision.catalog import Catalog, Offer, load_catalog
-from decision.errors import FailedPrecondition, InvalidArgument, NotFound
+from decision.errors import DecisionError, FailedPrecondition, InvalidArgument, NotFound
 from decision.layout import AttributeValue, ProfileRecord
 from decision.rules import string_id
 from decision.settings import Limits, Settings
@@ -153,6 +153,8 @@ class Engine:
         self._reload_lock = threading.Lock()
         self._catalog_listeners: list[Callable[[Catalog], None]] = []
         self._active = self._prepare(load_catalog(settings.catalog_path))
+        self._failed_sync: str | None = None
+        self.store.publish_catalog(self.catalog.version)
 
     # ------------------------------------------------------------- catalog
     @property
@@ -173,12 +175,31 @@ class Engine:
 
     def reload_catalog(self) -> Catalog:
         """Compile the catalog file aside and swap it in; the old one keeps serving
-        if the new one fails (the error propagates)."""
+        if the new one fails (the error propagates). The new version is published in
+        the store, so every other process sharing it follows (``sync_catalog``)."""
         with self._reload_lock:
             prepared = self._prepare(load_catalog(self.settings.catalog_path))
             self._active = prepared
             self.warm()
+            self.store.publish_catalog(prepared.catalog.version)
             return prepared.catalog
+
+    def sync_catalog(self) -> Catalog | None:
+        """Reload if another process published a catalog version other than ours.
+
+        Processes sharing a store thus converge on the catalog file's current content
+        (a reload anywhere reaches them all) instead of serving different rule sets.
+        Returns the new catalog, or None when already in step. A version that failed
+        to load is not retried until another one is published.
+        """
+        published = self.store.published_catalog()
+        if published in (None, self.catalog.version, self._failed_sync):
+            return None
+        try:
+            return self.reload_catalog()
+        except DecisionError:
+            self._failed_sync = published
+            raise
 
     def warm(self) -> None:
         """Run a real decision so every kernel signature is compiled (or loaded from

@@ -205,16 +205,33 @@ def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
     )
 
 
+CATALOG_SYNC_SECONDS = 1.0
+
+
 @dataclass
 class Running:
     server: grpc.Server
     port: int
     engine: Engine
     health: health.HealthServicer
+    stopping: threading.Event
 
     def stop(self, grace: float | None = 5.0) -> None:
+        self.stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+
+
+def _follow_catalog(running: Running) -> None:
+    """Keep this process on the catalog version published in the shared store."""
+    while not running.stopping.wait(CATALOG_SYNC_SECONDS):
+        try:
+            catalog = running.engine.sync_catalog()
+            if catalog is not None:
+                log.info("catalog %s loaded (published by another process)", catalog.version)
+        except DecisionError as exc:
+            log.error("catalog published by another process failed to load here; "
+                      "still serving the previous one: %s", exc)
 
 
 def create_server(settings: Settings, engine: Engine | None = None,
@@ -236,11 +253,13 @@ def create_server(settings: Settings, engine: Engine | None = None,
     port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address} (address in use?)")
-    return Running(server, port, engine, health_servicer)
+    return Running(server, port, engine, health_servicer, threading.Event())
 
 
 def start(running: Running) -> None:
     running.server.start()
+    threading.Thread(target=_follow_catalog, args=(running,), name="decision-catalog",
+                     daemon=True).start()
     for name in ("", SERVICE_NAME):
         running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -301,12 +320,11 @@ def serve_workers(settings: Settings) -> None:
         procs[slot] = p
 
     def on_signal(signum, frame):
-        stopping.set()
+        if signum != signal.SIGHUP:
+            stopping.set()
         for p in procs.values():
             if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
-        if signum == signal.SIGHUP:
-            stopping.clear()
+                os.kill(p.pid, signum)  # workers stop on TERM/INT and reload on HUP
 
     for slot in range(settings.workers):
         spawn(slot)

@@ -8,7 +8,9 @@ db             key                              value
 ``profiles``   profile key, uint64 big-endian   ``decision.layout`` record
 ``identity``   ``kind \\x1f value`` (UTF-8)      profile key (8 bytes)
 ``meta``       ASCII name                       ``schema``: msgpack {"layout", "features"};
-                                                ``next_key``: uint64 big-endian
+                                                ``next_key``: uint64 big-endian;
+                                                ``catalog_version``: UTF-8, the catalog
+                                                every process should serve
 =============  ===============================  =====================================
 
 Readers never wait for writers (LMDB's MVCC); writers from every process serialise on
@@ -116,6 +118,10 @@ class Reader:
         raw = self._txn.get(identity_key(kind, value), db=self._store.identity_db)
         return None if raw is None else int.from_bytes(raw, "big")
 
+    def meta(self, name: bytes) -> bytes | None:
+        raw = self._txn.get(name, db=self._store.meta_db)
+        return None if raw is None else bytes(raw)
+
     def profile_buffer(self, key: int):
         """The stored profile value (a memoryview into the map), or None."""
         return self._txn.get(profile_key_bytes(key), db=self._store.profiles_db)
@@ -200,6 +206,16 @@ class ProfileStore:
                 )
 
         self.write(work)
+
+    # ------------------------------------------------------------- catalog version
+    def publish_catalog(self, version: str) -> None:
+        """Record the catalog version every process should serve (see Engine)."""
+        self.write(lambda txn: txn.put(b"catalog_version", version.encode(), db=self.meta_db))
+
+    def published_catalog(self) -> str | None:
+        with self.reader() as r:
+            raw = r.meta(b"catalog_version")
+        return None if raw is None else raw.decode()
 
     # ------------------------------------------------------------- profiles
     def allocate_key(self, txn: lmdb.Transaction) -> int:

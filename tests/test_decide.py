@@ -159,3 +159,16 @@ def test_corrupt_profile_is_a_clear_error_for_that_customer_only(stub, running, 
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
     assert alice.profile_key in err.value.details()
     assert stub.Decide(pb.DecideRequest(customer=ident("bob"), channel="web")).offers
+
+
+def test_nothing_compiles_on_the_request_path(stub, alice):
+    """Warm-up covers every kernel signature requests use (cold start, stored
+    profile, with and without placement)."""
+    from kernels.decide import decide_offers
+
+    before = len(decide_offers.signatures)
+    for who in ("alice", "nobody"):
+        for placement in ("", "home_hero"):
+            stub.Decide(pb.DecideRequest(customer=ident(who), channel="web", limit=7,
+                                         placement=placement, context={"basket": num(3)}))
+    assert len(decide_offers.signatures) == before

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -146,3 +147,30 @@ def test_serve_refuses_bad_settings(tmp_path, args, message):
          "--catalog", str(TEST_CATALOG), *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert message in out.stderr
+
+
+def test_a_reload_reaches_every_process_sharing_the_store(tmp_path):
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(TEST_CATALOG.read_text())
+    store = tmp_path / "store"
+    a = ServerProcess(store, catalog, free_port())
+    b = ServerProcess(store, catalog, free_port())
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        ch_a, stub_a = _stub(a.address)
+        ch_b, stub_b = _stub(b.address)
+        with ch_a, ch_b:
+            ask = pb.DecideRequest(customer=ident("x"), channel="email")
+            old = stub_b.Decide(ask).catalog_version
+            catalog.write_text(TEST_CATALOG.read_text().replace('version = "test"',
+                                                                'version = "v2"'))
+            new = stub_a.ReloadCatalog(pb.ReloadCatalogRequest()).version
+            assert new != old and new.startswith("v2@")
+            deadline = time.monotonic() + 10
+            while stub_b.Decide(ask).catalog_version != new:
+                assert time.monotonic() < deadline, "process b never followed the reload"
+                time.sleep(0.1)
+    finally:
+        a.stop()
+        b.stop()
