@@ -22,7 +22,7 @@ def test_kernel_scoring_1000_offers(benchmark, engine, rng=np.random.default_rng
     slots = np.full(catalog.fields.size, np.nan)
     for name, f in catalog.context_fields.items():
         slots[f.slot] = 1.0
-    args = (catalog.code, catalog.prog_start, catalog.consts, slots, catalog.offer_masks,
+    args = (catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
             catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
             np.int64(1), np.int64(0), 1.8e9, 5, 3)
     chosen = benchmark.pedantic(decide_offers, args=args, rounds=20_000, iterations=1,

@@ -95,7 +95,7 @@ class Catalog:
     fields: FieldTable
     feature_names: tuple[str, ...]
     code: np.ndarray  # int32[m, 3]
-    prog_start: np.ndarray  # int32[n + 1]
+    programs: np.ndarray  # int32[n, 2] rule program rows (start, end) per offer
     consts: np.ndarray  # float64[c]
     offer_masks: np.ndarray  # int64[n, 2] channel, placement bits
     offer_window: np.ndarray  # float64[n, 2] valid from/until, epoch s
@@ -163,10 +163,10 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
 
     n = len(offers)
     builder = ProgramBuilder(fields)
-    prog_start = np.zeros(n + 1, dtype=np.int32)
+    programs = np.zeros((n, 2), dtype=np.int32)
     for i, o in enumerate(offers):
         try:
-            prog_start[i], prog_start[i + 1] = builder.add(o.rule)
+            programs[i] = builder.add(o.rule)
         except RuleError as exc:
             raise RuleError(f"offer '{o.id}': {exc}") from None
     code, consts = builder.arrays()
@@ -188,7 +188,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     return Catalog(
         version=version, path=path, channels=channels, placements=placements,
         offers=tuple(offers), fields=fields, feature_names=feature_names,
-        code=code, prog_start=prog_start, consts=consts, offer_masks=offer_masks,
+        code=code, programs=programs, consts=consts, offer_masks=offer_masks,
         offer_window=offer_window, offer_value=offer_value, weights=weights, bias=bias,
         profile_fields=tuple(f for f in used if f.namespace == "profile"),
         context_fields={f.name: f for f in used if f.namespace == "context"},

@@ -250,7 +250,7 @@ class Engine:
                         if v is not None:
                             slots[slot] = string_id(v) if ftype == "string" else float(v)
             chosen, score, prop, eligible, r_feature, r_weight = decide_offers(
-                catalog.code, catalog.prog_start, catalog.consts, slots, catalog.offer_masks,
+                catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
                 catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
                 channel_bit, placement_bit, now, k, N_FEATURE_REASONS)
         return Decision(

@@ -93,16 +93,21 @@ class ProgramBuilder:
         self.code: list[tuple[int, int, int]] = []
         self.consts: list[float] = []
         self.used: set[Field] = set()
+        self._compiled: dict[str, tuple[int, int]] = {}
 
     def add(self, text: str) -> tuple[int, int]:
         """Compile ``text`` and append it; return its (start, end) rows.
 
+        The same text (up to surrounding blanks) returns the same program, so the
+        kernels evaluate a condition shared by many offers once per request.
         An empty or blank rule means "always eligible": an empty program.
         Raises RuleError naming the problem (and its column) on a bad rule.
         """
         start = len(self.code)
         if not text.strip():
             return start, start
+        if text.strip() in self._compiled:
+            return self._compiled[text.strip()]
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as exc:
@@ -124,6 +129,7 @@ class ProgramBuilder:
             del self.code[start:]
             raise RuleError(f"rule `{text}`: must be true or false, but is a {result_type}")
         self.used |= compiler.used
+        self._compiled[text.strip()] = (start, len(self.code))
         return start, len(self.code)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -26,10 +26,10 @@ def warm() -> None:
     from kernels.selection import top_k
 
     code = np.zeros((0, 3), dtype=np.int32)
-    prog_start = np.zeros(2, dtype=np.int32)
+    programs = np.zeros((1, 2), dtype=np.int32)
     masks = np.ones((1, 2), dtype=np.int64)
     window = np.array([[-np.inf, np.inf]])
-    mask = eligible_mask(code, prog_start, np.zeros(0), np.zeros(0), masks, window,
+    mask = eligible_mask(code, programs, np.zeros(0), np.zeros(0), masks, window,
                          np.int64(1), np.int64(0), 0.0)
     weights = np.zeros((1, 4), dtype=np.float32)
     x = np.zeros(4, dtype=np.float32)

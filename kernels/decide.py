@@ -12,16 +12,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.eligibility import MAX_STACK, in_scope, run_program
+from kernels.eligibility import MAX_STACK, in_scope, new_memo, run_program
 from kernels.scoring import logit_of, sigmoid, top_contributions
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def decide_offers(code, prog_start, consts, slots, offer_masks, offer_window, offer_value,
+def decide_offers(code, programs, consts, slots, offer_masks, offer_window, offer_value,
                   weights, bias, x, channel_bit, placement_bit, now, k, n_reasons):
     """Rank the eligible offers for one customer.
 
-    code, prog_start, consts, slots, offer_masks, offer_window, channel_bit,
+    code, programs, consts, slots, offer_masks, offer_window, channel_bit,
     placement_bit, now: as ``eligibility.eligible_mask``.
     offer_value: float64[n, 2] (value, lever) per offer.
     weights float32[n, F], bias float64[n], x float32[F]: as ``scoring.propensity``.
@@ -32,8 +32,9 @@ def decide_offers(code, prog_start, consts, slots, offer_masks, offer_window, of
     reason_weight float64[r, n_reasons]) with r = min(k, eligible_count), best first,
     ties by lower offer index.
     """
-    n = prog_start.shape[0] - 1
+    n = programs.shape[0]
     stack = np.empty(MAX_STACK, dtype=np.float64)
+    memo = new_memo(code)
     best = np.empty(k, dtype=np.int32)
     best_score = np.empty(k, dtype=np.float64)
     best_p = np.empty(k, dtype=np.float64)
@@ -43,8 +44,12 @@ def decide_offers(code, prog_start, consts, slots, offer_masks, offer_window, of
         if not in_scope(offer_masks[i, 0], offer_masks[i, 1], offer_window[i, 0],
                         offer_window[i, 1], channel_bit, placement_bit, now):
             continue
-        if not run_program(code, prog_start[i], prog_start[i + 1], consts, slots, stack):
-            continue
+        start = programs[i, 0]
+        if start != programs[i, 1]:
+            if memo[start] < 0:
+                memo[start] = run_program(code, start, programs[i, 1], consts, slots, stack)
+            if memo[start] == 0:
+                continue
         eligible += 1
         p = sigmoid(logit_of(weights, bias, x, i))
         s = p * offer_value[i, 0] * offer_value[i, 1]

@@ -11,7 +11,10 @@ Rule programs
 -------------
 Every offer's rule is a postfix program in one shared ``code`` array of shape
 ``(n_instructions, 3)`` int32 rows ``(opcode, a, b)``; offer ``i`` runs rows
-``prog_start[i]:prog_start[i + 1]`` (an empty range means "no rule": eligible).
+``programs[i, 0]:programs[i, 1]`` (an empty range means "no rule": eligible). Offers
+with the same rule text share one program, and a request evaluates each program at
+most once (``memo``, keyed by the program's first row): catalogs repeat conditions
+("tier >= 2", a segment) across many offers.
 Operands are float64 on a fixed stack of ``MAX_STACK`` entries; the compiler
 (``decision.rules``) proves the depth bound and the types at catalog load, so the
 kernel does no checking. Values:
@@ -34,7 +37,7 @@ NEG         pop x, push -x
 IN_SET      pop x, push x in ``consts[a:a + b]``
 =========== ======================================================================
 
-Cost: O(total instructions) per request, no allocation beyond the output mask.
+Cost: O(instructions of the distinct programs reached) per request.
 """
 
 from __future__ import annotations
@@ -142,12 +145,18 @@ def in_scope(channels, placements, valid_from, valid_until, channel_bit, placeme
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def eligible_mask(code, prog_start, consts, slots, offer_masks, offer_window,
+def new_memo(code):
+    """Per-request memo of program results: -1 unknown, 0 false, 1 true."""
+    return np.full(code.shape[0] + 1, -1, dtype=np.int8)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def eligible_mask(code, programs, consts, slots, offer_masks, offer_window,
                   channel_bit, placement_bit, now):
     """Boolean mask over offers: True where the offer is eligible.
 
     code:         int32[m, 3]   rule programs of all offers
-    prog_start:   int32[n + 1]  program bounds per offer
+    programs:     int32[n, 2]   (first row, end row) of each offer's program
     consts:       float64[c]    constants the programs reference
     slots:        float64[s]    this request's field values (NaN = missing)
     offer_masks:  int64[n, 2]   (channel bitmask, placement bitmask; 0 = any)
@@ -155,21 +164,30 @@ def eligible_mask(code, prog_start, consts, slots, offer_masks, offer_window,
     channel_bit, placement_bit: int64 single bits (placement_bit 0 = no placement)
     now:          float64 epoch seconds
     """
-    n = prog_start.shape[0] - 1
+    n = programs.shape[0]
     out = np.zeros(n, dtype=np.bool_)
     stack = np.empty(MAX_STACK, dtype=np.float64)
+    memo = new_memo(code)
     for i in range(n):
-        out[i] = (in_scope(offer_masks[i, 0], offer_masks[i, 1], offer_window[i, 0],
-                           offer_window[i, 1], channel_bit, placement_bit, now)
-                  and run_program(code, prog_start[i], prog_start[i + 1], consts, slots, stack))
+        if not in_scope(offer_masks[i, 0], offer_masks[i, 1], offer_window[i, 0],
+                        offer_window[i, 1], channel_bit, placement_bit, now):
+            continue
+        start = programs[i, 0]
+        if start != programs[i, 1]:
+            if memo[start] < 0:
+                memo[start] = run_program(code, start, programs[i, 1], consts, slots, stack)
+            if memo[start] == 0:
+                continue
+        out[i] = True
     return out
 
 
 # --------------------------------------------------------------------- reference
-def eligible_mask_reference(code, prog_start, consts, slots, offer_masks, offer_window,
+def eligible_mask_reference(code, programs, consts, slots, offer_masks, offer_window,
                             channel_bit, placement_bit, now):
-    """Plain NumPy/Python reference of ``eligible_mask``, written independently."""
-    n = len(prog_start) - 1
+    """Plain NumPy/Python reference of ``eligible_mask``, written independently
+    (no memo: every offer runs its program)."""
+    n = len(programs)
     ops = {
         EQ: lambda x, y: x == y, NE: lambda x, y: x != y, LT: lambda x, y: x < y,
         LE: lambda x, y: x <= y, GT: lambda x, y: x > y, GE: lambda x, y: x >= y,
@@ -192,7 +210,7 @@ def eligible_mask_reference(code, prog_start, consts, slots, offer_masks, offer_
         if not offer_window[i, 0] <= now < offer_window[i, 1]:
             continue
         stack: list[float] = []
-        for op, a, b in code[prog_start[i]:prog_start[i + 1]]:
+        for op, a, b in code[programs[i, 0]:programs[i, 1]]:
             if op == PUSH_SLOT:
                 stack.append(float(slots[a]))
             elif op == PUSH_CONST:

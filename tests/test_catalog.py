@@ -20,7 +20,7 @@ def test_offers_are_sorted_and_compiled():
     ids = [o.id for o in catalog.offers]
     assert ids == sorted(ids)
     assert catalog.weights.shape == (6, 4) and catalog.weights.dtype.name == "float32"
-    assert catalog.prog_start.shape == (7,)
+    assert catalog.programs.shape == (6, 2)
     # only the fields some rule reads are filled per request
     assert {f.name for f in catalog.profile_fields} == {"tier", "country", "vip"}
     assert set(catalog.context_fields) == {"country", "basket"}

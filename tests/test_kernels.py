@@ -130,19 +130,17 @@ class ExprGen:
 
 
 def random_programs(rng, n: int, rule_probability: float = 0.85):
-    """(code, prog_start, consts, rules) for ``n`` offers, some without a rule."""
+    """(code, programs, consts, rules) for ``n`` offers, some without a rule."""
     builder = ProgramBuilder(FIELDS)
     gen = ExprGen(rng)
-    prog_start = np.zeros(n + 1, dtype=np.int32)
+    programs = np.zeros((n, 2), dtype=np.int32)
     rules = []
     for i in range(n):
         text = gen.rule() if rng.random() < rule_probability else ""
-        start, end = builder.add(text)  # a RuleError here is a generator bug
-        assert start == prog_start[i]
-        prog_start[i + 1] = end
+        programs[i] = builder.add(text)  # a RuleError here is a generator bug
         rules.append(text)
     code, consts = builder.arrays()
-    return code, prog_start, consts, rules
+    return code, programs, consts, rules
 
 
 def random_bits(rng, allow_zero: bool) -> int:
@@ -196,30 +194,63 @@ def random_request(rng):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_eligible_mask_matches_reference(seed, n):
     rng = np.random.default_rng(1000 + seed)
-    code, prog_start, consts, _ = random_programs(rng, n)
+    code, programs, consts, _ = random_programs(rng, n)
     masks, window = random_offers(rng, n)
     for _ in range(12):
         slots, channel_bit, placement_bit = random_request(rng)
-        args = (code, prog_start, consts, slots, masks, window, channel_bit, placement_bit, NOW)
+        args = (code, programs, consts, slots, masks, window, channel_bit, placement_bit, NOW)
         got = quiet(eligible_mask, *args)
         want = quiet(eligible_mask_reference, *args)
         assert got.dtype == np.bool_ and got.shape == (n,)
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shared_rules_compile_once_and_memo_matches_reference(seed):
+    """Offers drawn from a small pool of rules share programs; the kernels evaluate
+    each once per request (memo), the reference runs every offer's program."""
+    rng = np.random.default_rng(2000 + seed)
+    gen = ExprGen(rng)
+    pool = [gen.rule() for _ in range(6)] + [""]
+    builder = ProgramBuilder(FIELDS)
+    n = 200
+    texts = [pool[int(rng.integers(len(pool)))] for _ in range(n)]
+    programs = np.array([builder.add(t) for t in texts], dtype=np.int32)
+    code, consts = builder.arrays()
+    for a, b in ((a, b) for a in range(n) for b in range(a + 1, min(n, a + 5))):
+        if texts[a] == texts[b]:
+            assert (programs[a] == programs[b]).all()  # one program per distinct text
+    distinct = {tuple(p) for p in programs.tolist()}
+    assert code.shape[0] == sum(end - start for start, end in distinct)  # no copy per offer
+    masks, window = random_offers(rng, n)
+    features = 8
+    weights = rng.normal(0, 1, (n, features)).astype(np.float32)
+    bias = rng.normal(0, 1, n)
+    offer_value = np.abs(rng.normal(5, 3, (n, 2)))
+    for _ in range(12):
+        slots, channel_bit, placement_bit = random_request(rng)
+        args = (code, programs, consts, slots, masks, window, channel_bit, placement_bit, NOW)
+        want = quiet(eligible_mask_reference, *args)
+        np.testing.assert_array_equal(quiet(eligible_mask, *args), want)
+        x = rng.normal(0, 1, features).astype(np.float32)
+        fused = quiet(decide_offers, code, programs, consts, slots, masks, window, offer_value,
+                      weights, bias, x, channel_bit, placement_bit, NOW, 10, 3)
+        assert fused[3] == want.sum()
+
+
 def test_random_rules_exercise_every_opcode_and_both_outcomes():
     """Guard against a degenerate generator: all opcodes occur, rules pass and fail."""
     rng = np.random.default_rng(7)
-    code, prog_start, consts, rules = random_programs(rng, 300, rule_probability=1.0)
+    code, programs, consts, rules = random_programs(rng, 300, rule_probability=1.0)
     assert set(code[:, 0].tolist()) == set(range(vm.IN_SET + 1))
-    assert code.shape[0] == prog_start[-1]
+    assert code.shape[0] == programs[:, 1].max()
     n = len(rules)
     masks = np.ones((n, 2), dtype=np.int64)
     masks[:, 1] = 0
     window = np.tile([-np.inf, np.inf], (n, 1))
     outcomes = np.zeros(n, dtype=np.int64)
     for _ in range(20):
-        got = quiet(eligible_mask, code, prog_start, consts, random_slots(rng), masks, window,
+        got = quiet(eligible_mask, code, programs, consts, random_slots(rng), masks, window,
                     1, 0, NOW)
         outcomes += got
     assert 0.1 * 20 * n < outcomes.sum() < 0.9 * 20 * n
@@ -231,7 +262,7 @@ def test_eligibility_channel_placement_and_window():
     """The non-rule conditions, by hand, on offers without a rule."""
     n = 7
     code = np.zeros((0, 3), dtype=np.int32)
-    prog_start = np.zeros(n + 1, dtype=np.int32)
+    programs = np.zeros((n, 2), dtype=np.int32)
     consts = np.zeros(0)
     slots = np.full(FIELDS.size, np.nan)
     masks = np.array([
@@ -249,7 +280,7 @@ def test_eligibility_channel_placement_and_window():
     window[6] = [NOW + 1, NOW - 1]
 
     def mask(channel_bit, placement_bit):
-        args = (code, prog_start, consts, slots, masks, window, channel_bit, placement_bit, NOW)
+        args = (code, programs, consts, slots, masks, window, channel_bit, placement_bit, NOW)
         got = eligible_mask(*args)
         np.testing.assert_array_equal(got, eligible_mask_reference(*args))
         return got.tolist()
@@ -294,12 +325,12 @@ def test_missing_values_as_documented():
     builder = ProgramBuilder(FIELDS)
     bounds = [builder.add(rule) for rule in cases]
     code, consts = builder.arrays()
-    prog_start = np.array([s for s, _ in bounds] + [bounds[-1][1]], dtype=np.int32)
+    programs = np.array(bounds, dtype=np.int32).reshape(-1, 2)
     n = len(cases)
     masks = np.ones((n, 2), dtype=np.int64)
     window = np.tile([-np.inf, np.inf], (n, 1))
     slots = np.full(FIELDS.size, np.nan)
-    args = (code, prog_start, consts, slots, masks, window, 1, 0, NOW)
+    args = (code, programs, consts, slots, masks, window, 1, 0, NOW)
     got = dict(zip(cases, quiet(eligible_mask, *args).tolist()))
     assert got == cases
     assert quiet(eligible_mask_reference, *args).tolist() == list(cases.values())
@@ -309,12 +340,12 @@ def test_hand_written_program_missing_slot_alone_is_falsy():
     """A program that leaves a bare NaN / 0 / non-zero number on the stack."""
     code = np.array([[vm.PUSH_SLOT, 0, 0], [vm.PUSH_CONST, 0, 0], [vm.PUSH_CONST, 1, 0],
                      [vm.PUSH_CONST, 2, 0]], dtype=np.int32)
-    prog_start = np.array([0, 1, 2, 3, 4], dtype=np.int32)
+    programs = np.array([[0, 1], [1, 2], [2, 3], [3, 4]], dtype=np.int32)
     consts = np.array([0.0, -2.5, np.inf])
     slots = np.array([np.nan])
     masks = np.ones((4, 2), dtype=np.int64)
     window = np.tile([-np.inf, np.inf], (4, 1))
-    args = (code, prog_start, consts, slots, masks, window, 1, 0, NOW)
+    args = (code, programs, consts, slots, masks, window, 1, 0, NOW)
     assert eligible_mask(*args).tolist() == [False, False, True, True]
     assert eligible_mask_reference(*args).tolist() == [False, False, True, True]
 
@@ -469,10 +500,10 @@ def test_top_k_ties_by_lower_index():
 
 
 # ------------------------------------------------------------------------- fused
-def composed(code, prog_start, consts, slots, masks, window, offer_value, weights, bias, x,
+def composed(code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
              channel_bit, placement_bit, now, k, n_reasons):
     """The pipeline decide_offers fuses, from the single kernels."""
-    mask = eligible_mask(code, prog_start, consts, slots, masks, window, channel_bit,
+    mask = eligible_mask(code, programs, consts, slots, masks, window, channel_bit,
                          placement_bit, now)
     p = propensity(weights, bias, x, mask)
     value = np.ascontiguousarray(offer_value[:, 0])
@@ -490,7 +521,7 @@ def random_values(rng, n: int) -> np.ndarray:
 
 
 def check_fused(rng, n, f, k, n_reasons, readonly, distinct_rows=None, requests=6):
-    code, prog_start, consts, _ = random_programs(rng, n, rule_probability=0.5)
+    code, programs, consts, _ = random_programs(rng, n, rule_probability=0.5)
     masks, window = random_offers(rng, n)
     offer_value = random_values(rng, n)
     weights, bias, x = random_model(rng, n, f, distinct_rows)
@@ -498,7 +529,7 @@ def check_fused(rng, n, f, k, n_reasons, readonly, distinct_rows=None, requests=
         x.flags.writeable = False
     for _ in range(requests):
         slots, channel_bit, placement_bit = random_request(rng)
-        args = (code, prog_start, consts, slots, masks, window, offer_value, weights, bias, x,
+        args = (code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
                 channel_bit, placement_bit, NOW, k, n_reasons)
         chosen, score, prop, eligible, r_feature, r_weight = quiet(decide_offers, *args)
         w_chosen, w_score, w_prop, w_eligible, w_feature, w_weight = quiet(composed, *args)
@@ -512,7 +543,7 @@ def check_fused(rng, n, f, k, n_reasons, readonly, distinct_rows=None, requests=
         np.testing.assert_array_equal(r_feature, w_feature)
         np.testing.assert_allclose(r_weight, w_weight, rtol=1e-6, atol=0.0)
         # and the eligibility part against the NumPy reference as well
-        ref_mask = quiet(eligible_mask_reference, code, prog_start, consts, slots, masks,
+        ref_mask = quiet(eligible_mask_reference, code, programs, consts, slots, masks,
                          window, channel_bit, placement_bit, NOW)
         assert int(ref_mask.sum()) == w_eligible
 
@@ -541,7 +572,7 @@ def test_decide_offers_ties_and_readonly_features(seed):
 def test_decide_offers_tie_break_by_hand():
     n = 5
     code = np.zeros((0, 3), dtype=np.int32)
-    prog_start = np.zeros(n + 1, dtype=np.int32)
+    programs = np.zeros((n, 2), dtype=np.int32)
     masks = np.ones((n, 2), dtype=np.int64)
     masks[1, 0] = 0b10  # offer 1 is not on channel 1
     window = np.tile([-np.inf, np.inf], (n, 1))
@@ -551,7 +582,7 @@ def test_decide_offers_tie_break_by_hand():
     x = np.array([1.0, 2.0], dtype=np.float32)
     x.flags.writeable = False
     chosen, score, prop, eligible, r_feature, r_weight = decide_offers(
-        code, prog_start, np.zeros(0), np.zeros(0), masks, window, offer_value, weights, bias,
+        code, programs, np.zeros(0), np.zeros(0), masks, window, offer_value, weights, bias,
         x, 1, 0, NOW, 10, 2)
     assert chosen.tolist() == [0, 2, 3, 4]   # 5.0, 5.0, 5.0, 0.0: ties by index
     assert score.tolist() == [5.0, 5.0, 5.0, 0.0]

@@ -40,7 +40,7 @@ def evaluate(rule: str, **values) -> bool:
     start, end = builder.add(rule)
     code, consts = builder.arrays()
     slots = slots_of({k.replace("__", "."): v for k, v in values.items()})
-    args = (code, np.array([start, end], dtype=np.int32), consts, slots,
+    args = (code, np.array([[start, end]], dtype=np.int32), consts, slots,
             np.array([[1, 0]], dtype=np.int64), np.array([[-np.inf, np.inf]]), 1, 0, 0.0)
     # IEEE events (x / 0) warn when the kernels run as Python (NUMBA_DISABLE_JIT=1)
     with np.errstate(all="ignore"):
@@ -261,10 +261,10 @@ def test_programs_of_several_rules_share_one_code_array():
     assert code.flags.c_contiguous and consts.dtype == np.float64
     assert builder.used == {FIELDS.get("profile", "country"), FIELDS.get("context", "basket"),
                             FIELDS.get("profile", "tier")}
-    prog_start = np.array([b[0] for b in bounds] + [bounds[-1][1]], dtype=np.int32)
+    programs = np.array(bounds, dtype=np.int32).reshape(-1, 2)
     n = len(rules)
     slots = slots_of({"profile.country": "FR", "context.basket": 5, "profile.tier": 2})
-    got = eligible_mask(code, prog_start, consts, slots, np.ones((n, 2), dtype=np.int64),
+    got = eligible_mask(code, programs, consts, slots, np.ones((n, 2), dtype=np.int64),
                         np.tile([-np.inf, np.inf], (n, 1)), 1, 0, 0.0)
     assert got.tolist() == [True, True, False, True]
 
