@@ -1,10 +1,14 @@
 """The fused per-request kernel: eligibility -> propensity -> arbitration -> top-k.
 
 One call into compiled code per decision: the Python side pays the dispatch cost
-once, and no intermediate array of size n_offers is allocated. It composes exactly
-the functions of ``eligibility``, ``scoring`` and ``selection`` (which the tests
-compare against their NumPy references), and the tests check the fusion against
-their composition.
+once, and no intermediate array of size n_offers is allocated. It computes what
+``eligibility``, ``scoring`` and ``selection`` compute (which the tests compare
+against their NumPy references), and the tests check the fusion against their
+composition.
+
+The eligibility test and the top-k insertion are written out here again rather than
+called as functions: with their array arguments, a call per offer (even with numba's
+``inline="always"``) measured 44 us against 16 us for 1,000 offers.
 """
 
 from __future__ import annotations
