@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,30 +22,37 @@ def _stub(address: str):
     return channel, pb_grpc.DecisionServiceStub(channel)
 
 
-def test_two_processes_share_one_store(tmp_path):
-    store = tmp_path / "store"
-    a = ServerProcess(store, TEST_CATALOG, free_port())
-    b = ServerProcess(store, TEST_CATALOG, free_port())
+@contextlib.contextmanager
+def two_servers(store, catalog):
+    """Two ``decision serve`` processes on one store: yields their stubs."""
+    servers = [ServerProcess(store, catalog, free_port()) for _ in range(2)]
     try:
-        a.wait_ready()
-        b.wait_ready()
-        ch_a, stub_a = _stub(a.address)
-        ch_b, stub_b = _stub(b.address)
-        with ch_a, ch_b:
-            ask = pb.DecideRequest(customer=ident("shared"), channel="web",
-                                   context={"country": text("FR")})
-            assert stub_b.Decide(ask).cold_start
-            stub_a.UpsertProfile(pb.UpsertProfileRequest(
-                identifiers=[ident("shared")], attributes={"tier": num(3), "country": text("FR")}))
-            # the very next request to the other process sees the write
-            reply = stub_b.Decide(ask)
-            assert not reply.cold_start
-            assert reply.offers[0].offer_id == "gold-upgrade"
-            profile = stub_b.GetProfile(pb.GetProfileRequest(customer=ident("shared")))
-            assert profile.attributes["tier"].number_value == 3
+        for server in servers:
+            server.wait_ready()
+        channels = [_stub(server.address) for server in servers]
+        try:
+            yield [stub for _, stub in channels]
+        finally:
+            for channel, _ in channels:
+                channel.close()
     finally:
-        a.stop()
-        b.stop()
+        for server in servers:
+            server.stop()
+
+
+def test_two_processes_share_one_store(tmp_path):
+    with two_servers(tmp_path / "store", TEST_CATALOG) as (stub_a, stub_b):
+        ask = pb.DecideRequest(customer=ident("shared"), channel="web",
+                               context={"country": text("FR")})
+        assert stub_b.Decide(ask).cold_start
+        stub_a.UpsertProfile(pb.UpsertProfileRequest(
+            identifiers=[ident("shared")], attributes={"tier": num(3), "country": text("FR")}))
+        # the very next request to the other process sees the write
+        reply = stub_b.Decide(ask)
+        assert not reply.cold_start
+        assert reply.offers[0].offer_id == "gold-upgrade"
+        profile = stub_b.GetProfile(pb.GetProfileRequest(customer=ident("shared")))
+        assert profile.attributes["tier"].number_value == 3
 
 
 def test_workers_share_a_port_and_restart_when_killed(tmp_path):
@@ -63,11 +71,21 @@ def test_workers_share_a_port_and_restart_when_killed(tmp_path):
         children = _children(server.proc.pid)
         assert len(children) == 2
         os.kill(children[0], signal.SIGKILL)
-        server.wait_ready()  # the survivor (and then the replacement) keeps answering
+        deadline = time.monotonic() + 60
+        while True:  # the supervisor replaces the dead worker
+            now = _children(server.proc.pid)
+            if len(now) == 2 and children[0] not in now:
+                break
+            assert time.monotonic() < deadline, f"worker not replaced: {now}"
+            time.sleep(0.2)
+        server.wait_ready()
+        # connections the dead worker held are reset; a client that reconnects is served
         channel, stub = _stub(server.address)
         with channel:
             for _ in range(20):
-                assert stub.Decide(pb.DecideRequest(customer=ident("w1"), channel="web")).offers
+                reply = stub.Decide(pb.DecideRequest(customer=ident("w1"), channel="web"),
+                                    wait_for_ready=True, timeout=30)
+                assert reply.offers
     finally:
         output = server.stop()
     assert server.proc.returncode == 0, output
@@ -152,25 +170,14 @@ def test_serve_refuses_bad_settings(tmp_path, args, message):
 def test_a_reload_reaches_every_process_sharing_the_store(tmp_path):
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(TEST_CATALOG.read_text())
-    store = tmp_path / "store"
-    a = ServerProcess(store, catalog, free_port())
-    b = ServerProcess(store, catalog, free_port())
-    try:
-        a.wait_ready()
-        b.wait_ready()
-        ch_a, stub_a = _stub(a.address)
-        ch_b, stub_b = _stub(b.address)
-        with ch_a, ch_b:
-            ask = pb.DecideRequest(customer=ident("x"), channel="email")
-            old = stub_b.Decide(ask).catalog_version
-            catalog.write_text(TEST_CATALOG.read_text().replace('version = "test"',
-                                                                'version = "v2"'))
-            new = stub_a.ReloadCatalog(pb.ReloadCatalogRequest()).version
-            assert new != old and new.startswith("v2@")
-            deadline = time.monotonic() + 10
-            while stub_b.Decide(ask).catalog_version != new:
-                assert time.monotonic() < deadline, "process b never followed the reload"
-                time.sleep(0.1)
-    finally:
-        a.stop()
-        b.stop()
+    with two_servers(tmp_path / "store", catalog) as (stub_a, stub_b):
+        ask = pb.DecideRequest(customer=ident("x"), channel="email")
+        old = stub_b.Decide(ask).catalog_version
+        catalog.write_text(TEST_CATALOG.read_text().replace('version = "test"',
+                                                            'version = "v2"'))
+        new = stub_a.ReloadCatalog(pb.ReloadCatalogRequest()).version
+        assert new != old and new.startswith("v2@")
+        deadline = time.monotonic() + 10
+        while stub_b.Decide(ask).catalog_version != new:
+            assert time.monotonic() < deadline, "process b never followed the reload"
+            time.sleep(0.1)
