@@ -20,7 +20,7 @@ def test_profile_read_and_decode(benchmark, engine, queries):
         with store.reader() as r:
             key = r.resolve(q.customer.kind, q.customer.value)
             buf = r.profile_buffer(key)
-            n, _ = layout.check_head(buf, key)
+            n = layout.check_head(buf, key, 32)
             x = layout.feature_view(buf, n)
             attrs = layout.decode_tail(buf, n, key)["a"]
             return float(x[0]), attrs["tier"]

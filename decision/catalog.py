@@ -108,11 +108,11 @@ class Catalog:
 
     @property
     def channel_bits(self) -> dict[str, int]:
-        return {c: 1 << i for i, c in enumerate(self.channels)}
+        return _bits(self.channels)
 
     @property
     def placement_bits(self) -> dict[str, int]:
-        return {p: 1 << i for i, p in enumerate(self.placements)}
+        return _bits(self.placements)
 
     def offers_for(self, channel: str = "", placement: str = "") -> list[Offer]:
         return [
@@ -171,14 +171,20 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
             raise RuleError(f"offer '{o.id}': {exc}") from None
     code, consts = builder.arrays()
 
-    chan_bit = {c: 1 << i for i, c in enumerate(channels)}
-    place_bit = {p: 1 << i for i, p in enumerate(placements)}
+    chan_bit, place_bit = _bits(channels), _bits(placements)
     offer_masks = np.array(
         [[sum(chan_bit[c] for c in o.channels), sum(place_bit[p] for p in o.placements)]
          for o in offers], dtype=np.int64)
     offer_window = np.array([[o.valid_from, o.valid_until] for o in offers], dtype=np.float64)
     offer_value = np.array([[o.value, o.lever] for o in offers], dtype=np.float64)
     weights, bias = model.offer_arrays(offers)
+
+    if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
+        raise CatalogError("model: weights too large (a folded per-offer weight or bias is "
+                           "not finite in float32); scale the features or the weights down")
+    arrays = (code, programs, consts, offer_masks, offer_window, offer_value, weights, bias)
+    for array in arrays:
+        array.flags.writeable = False  # a catalog version is immutable
 
     label = doc.get("version")
     if label is not None and not isinstance(label, str):
@@ -246,8 +252,9 @@ class _Model:
                       for o in offers]).reshape(len(offers), len(self.offer_features))
         weights = self.customer_weights[None, :] + e @ self.interactions.T
         bias = self.intercept + e @ self.offer_weights
-        return (np.ascontiguousarray(weights, dtype=np.float32),
-                np.ascontiguousarray(bias, dtype=np.float64))
+        with np.errstate(over="ignore"):  # overflow is reported by the caller's check
+            return (np.ascontiguousarray(weights, dtype=np.float32),
+                    np.ascontiguousarray(bias, dtype=np.float64))
 
 
 def _offer(o: object, position: int, channels, placements, model: _Model) -> Offer:
@@ -299,6 +306,11 @@ def _offer(o: object, position: int, channels, placements, model: _Model) -> Off
         creative_json=json.dumps(creative, sort_keys=True, separators=(",", ":"),
                                  ensure_ascii=False, default=str),
     )
+
+
+def _bits(names: tuple[str, ...]) -> dict[str, int]:
+    """Each name's bit in an int64 mask, in declaration order."""
+    return {name: 1 << i for i, name in enumerate(names)}
 
 
 # ------------------------------------------------------------------ validation

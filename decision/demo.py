@@ -202,8 +202,9 @@ def populate(store: ProfileStore, n_customers: int, seed: int = 11, progress: bo
 
 def ensure_demo(data_dir: Path, n_customers: int = 100_000, n_offers: int = 500,
                 everywhere: bool = False, progress: bool = True) -> Path:
-    """Create the demo catalog and customers in ``data_dir`` unless present; return the
-    catalog path."""
+    """Create the demo catalog and customers in ``data_dir`` unless present (an existing
+    catalog file is kept, a store with profiles is left as it is); return the catalog
+    path."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     catalog = data_dir / "catalog.toml"
@@ -212,7 +213,7 @@ def ensure_demo(data_dir: Path, n_customers: int = 100_000, n_offers: int = 500,
     store = ProfileStore(data_dir / "profiles")
     try:
         store.ensure_schema(FEATURES)
-        if store.count() < n_customers:
+        if store.count() == 0:  # never overwrite a store that already has profiles
             populate(store, n_customers, progress=progress)
     finally:
         store.close()

@@ -124,7 +124,7 @@ class _Prepared:
     """Per-catalog values the hot path needs, computed once per catalog version."""
 
     __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
-                 "zero_features", "n_slots", "context_types", "profile_slots")
+                 "zero_features", "n_features", "n_slots", "context_types", "profile_slots")
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -135,6 +135,7 @@ class _Prepared:
         zero = np.zeros(len(catalog.feature_names), dtype="<f4")
         zero.flags.writeable = False  # same numba type as a view over the map
         self.zero_features = zero
+        self.n_features = zero.shape[0]
         self.n_slots = catalog.fields.size
         self.context_types = {f.name: f.type for f in catalog.fields.of("context")}
         self.profile_slots = tuple((f.name, f.slot, f.type) for f in catalog.profile_fields)
@@ -150,10 +151,10 @@ class Engine:
         self.kinds = frozenset(settings.identifier_kinds)
         self.clock = clock
         self.store = store or ProfileStore(settings.data_dir, settings.map_size)
-        self._reload_lock = threading.Lock()
+        self.reload_lock = threading.Lock()
         self._catalog_listeners: list[Callable[[Catalog], None]] = []
         self._active = self._prepare(load_catalog(settings.catalog_path))
-        self._failed_sync: str | None = None
+        self._unreachable: str | None = None
         self.store.publish_catalog(self.catalog.version)
 
     # ------------------------------------------------------------- catalog
@@ -173,15 +174,17 @@ class Engine:
         self._catalog_listeners.append(listener)
         listener(self.catalog)
 
-    def reload_catalog(self) -> Catalog:
-        """Compile the catalog file aside and swap it in; the old one keeps serving
-        if the new one fails (the error propagates). The new version is published in
-        the store, so every other process sharing it follows (``sync_catalog``)."""
-        with self._reload_lock:
+    def reload_catalog(self, publish: bool = True) -> Catalog:
+        """Compile the catalog file aside, warm it, and swap it in; the old one keeps
+        serving if the new one fails (the error propagates). With ``publish`` the new
+        version is recorded in the store, so every other process sharing it follows
+        (``sync_catalog``)."""
+        with self.reload_lock:
             prepared = self._prepare(load_catalog(self.settings.catalog_path))
+            self._warm(prepared)
             self._active = prepared
-            self.warm()
-            self.store.publish_catalog(prepared.catalog.version)
+            if publish:
+                self.store.publish_catalog(prepared.catalog.version)
             return prepared.catalog
 
     def sync_catalog(self) -> Catalog | None:
@@ -189,45 +192,49 @@ class Engine:
 
         Processes sharing a store thus converge on the catalog file's current content
         (a reload anywhere reaches them all) instead of serving different rule sets.
-        Returns the new catalog, or None when already in step. A version that failed
-        to load is not retried until another one is published.
+        Returns the new catalog, or None when already in step. A published version
+        this process cannot reach (its file fails to load, or holds another version)
+        is not chased again until a different one is published, so processes whose
+        files differ do not take turns overwriting each other.
         """
         published = self.store.published_catalog()
-        if published in (None, self.catalog.version, self._failed_sync):
+        if published in (None, self.catalog.version, self._unreachable):
             return None
-        try:
-            return self.reload_catalog()
-        except DecisionError:
-            self._failed_sync = published
-            raise
+        self._unreachable = published
+        catalog = self.reload_catalog(publish=False)
+        if catalog.version != published:
+            raise FailedPrecondition(
+                f"another process published catalog {published} but "
+                f"{self.settings.catalog_path} holds {catalog.version}; serving that")
+        return catalog
 
     def warm(self) -> None:
         """Run a real decision so every kernel signature is compiled (or loaded from
-        the on-disk cache) before the first request."""
-        active = self._active
-        query = DecideQuery(Identifier("customer_id", "\x00warm-up"), active.catalog.channels[0])
-        self.decide(query)
+        the on-disk cache) before the first request. A stored profile's features are
+        typed exactly like the cold-start vector (read-only float32), so one decision
+        covers both paths (tests/test_decide.py checks nothing compiles later)."""
+        self._warm(self._active)
+
+    def _warm(self, prepared: _Prepared) -> None:
+        channel = prepared.catalog.channels[0]
+        self._decide(prepared, DecideQuery(Identifier("customer_id", "\x00warm-up"), channel))
 
     # ------------------------------------------------------------- decide
     def decide(self, query: DecideQuery) -> Decision:
-        active = self._active  # one catalog for the whole request
+        return self._decide(self._active, query)  # one catalog for the whole request
+
+    def _decide(self, active: _Prepared, query: DecideQuery) -> Decision:
         catalog = active.catalog
         limits = self.limits
         kind, value = self._identifier(query.customer, "customer")
         channel_bit = active.channel_bits.get(query.channel)
         if channel_bit is None:
-            raise InvalidArgument(
-                f"channel: unknown channel {query.channel!r} "
-                f"(known: {', '.join(catalog.channels)})"
-            )
+            _unknown_channel(catalog, query.channel)
         placement_bit = 0
         if query.placement:
             placement_bit = active.placement_bits.get(query.placement)
             if placement_bit is None:
-                raise InvalidArgument(
-                    f"placement: unknown placement {query.placement!r} "
-                    f"(known: {', '.join(catalog.placements) or 'none declared'})"
-                )
+                _unknown_placement(catalog, query.placement)
         k = limits.default_offers if query.limit is None else query.limit
         if not 1 <= k <= limits.max_offers:
             raise InvalidArgument(f"limit: must be between 1 and {limits.max_offers}, got {k}")
@@ -241,14 +248,14 @@ class Engine:
             if buf is None:
                 x = active.zero_features
             else:
-                n_features, _ = layout.check_head(buf, key)
+                n_features = layout.check_head(buf, key, active.n_features)
                 x = layout.feature_view(buf, n_features)
                 if active.profile_slots:
-                    attrs = layout.decode_tail(buf, n_features, key).get("a", {})
+                    attrs = layout.decode_tail(buf, n_features, key)["a"]
                     for name, slot, ftype in active.profile_slots:
                         v = attrs.get(name)
                         if v is not None:
-                            slots[slot] = string_id(v) if ftype == "string" else float(v)
+                            slots[slot] = _slot_value(v, ftype)
             chosen, score, prop, eligible, r_feature, r_weight = decide_offers(
                 catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
                 catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
@@ -276,6 +283,8 @@ class Engine:
             if ftype is None or v is None:
                 continue  # undeclared keys are ignored; no value means missing
             _check_type(v, ftype, f"context[{key!r}]")
+            if ftype == "number" and not math.isfinite(v):
+                raise InvalidArgument(f"context[{key!r}]: must be a finite number, got {v}")
             f = used.get(key)
             if f is not None:
                 slots[f.slot] = string_id(v) if ftype == "string" else float(v)
@@ -307,8 +316,12 @@ class Engine:
     def upsert_profile(self, update: ProfileUpdate) -> ProfileRecord:
         """Set attributes, features and identifiers on the profile the identifiers
         name (creating it if none does), in one durable write transaction."""
+        limits = self.limits
         if not update.identifiers:
             raise InvalidArgument("identifiers: at least one identifier is required")
+        if len(update.identifiers) > limits.max_identifiers:
+            raise InvalidArgument(f"identifiers: {len(update.identifiers)} given, at most "
+                                  f"{limits.max_identifiers}")
         idents = [self._identifier(ident, f"identifiers[{n}]")
                   for n, ident in enumerate(update.identifiers)]
         attributes = self._checked_attributes(update.attributes)
@@ -340,6 +353,14 @@ class Engine:
             for ident in idents:
                 if ident not in record.identifiers:
                     record.identifiers.append(ident)
+            if len(record.identifiers) > limits.max_identifiers:
+                raise InvalidArgument(
+                    f"identifiers: the profile would hold {len(record.identifiers)}, at most "
+                    f"{limits.max_identifiers}")
+            if len(record.attributes) > limits.max_attributes:
+                raise InvalidArgument(
+                    f"attributes: the profile would hold {len(record.attributes)}, at most "
+                    f"{limits.max_attributes}")
             record.updated_at_ms = now_ms
             store.save(txn, record)
             return record
@@ -380,15 +401,35 @@ class Engine:
             out[index[name]] = float(v)
         return out
 
-    def list_offers(self, channel: str = "", placement: str = "") -> list[Offer]:
+    def list_offers(self, channel: str = "", placement: str = "") -> tuple[Catalog, list[Offer]]:
+        """The active catalog and its offers for a channel/placement (one snapshot)."""
         catalog = self.catalog
         if channel and channel not in catalog.channels:
-            raise InvalidArgument(f"channel: unknown channel {channel!r} "
-                                  f"(known: {', '.join(catalog.channels)})")
+            _unknown_channel(catalog, channel)
         if placement and placement not in catalog.placements:
-            raise InvalidArgument(f"placement: unknown placement {placement!r} "
-                                  f"(known: {', '.join(catalog.placements) or 'none declared'})")
-        return catalog.offers_for(channel, placement)
+            _unknown_placement(catalog, placement)
+        return catalog, catalog.offers_for(channel, placement)
+
+
+def _unknown_channel(catalog: Catalog, channel: str):
+    raise InvalidArgument(
+        f"channel: unknown channel {channel!r} (known: {', '.join(catalog.channels)})")
+
+
+def _unknown_placement(catalog: Catalog, placement: str):
+    raise InvalidArgument(
+        f"placement: unknown placement {placement!r} "
+        f"(known: {', '.join(catalog.placements) or 'none declared'})")
+
+
+def _slot_value(v, ftype: str) -> float:
+    """A stored attribute as a rule slot value; a value of another type than the
+    catalog declares (stored before it was declared) reads as missing."""
+    if ftype == "string":
+        return string_id(v) if isinstance(v, str) else _NAN
+    if ftype == "bool":
+        return float(v) if isinstance(v, bool) else _NAN
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _NAN
 
 
 def _check_type(v, ftype: str, where: str) -> None:

@@ -63,11 +63,12 @@ def encode(record: ProfileRecord) -> bytes:
     return head + features.tobytes() + tail
 
 
-def check_head(buf, key: int) -> tuple[int, int]:
-    """Validate the head of ``buf``; return (feature count, updated_at_ms)."""
+def check_head(buf, key: int, n_expected: int | None = None) -> int:
+    """Validate the head of ``buf`` (and its feature count, when ``n_expected`` is
+    given); return the feature count."""
     if len(buf) < HEAD_SIZE:
         raise CorruptProfile(f"profile {key:016x}: value of {len(buf)} bytes is too short")
-    magic, version, _flags, n_features, _reserved, updated = HEAD.unpack_from(buf)
+    magic, version, _flags, n_features, _reserved, _updated = HEAD.unpack_from(buf)
     if magic != MAGIC or version != LAYOUT_VERSION:
         raise CorruptProfile(
             f"profile {key:016x}: not a profile of layout {LAYOUT_VERSION} "
@@ -75,7 +76,10 @@ def check_head(buf, key: int) -> tuple[int, int]:
         )
     if len(buf) < HEAD_SIZE + 4 * n_features:
         raise CorruptProfile(f"profile {key:016x}: truncated feature vector")
-    return n_features, updated
+    if n_expected is not None and n_features != n_expected:
+        raise CorruptProfile(f"profile {key:016x}: {n_features} features stored, the "
+                             f"store's schema has {n_expected}")
+    return n_features
 
 
 def feature_view(buf, n_features: int) -> np.ndarray:
@@ -83,26 +87,38 @@ def feature_view(buf, n_features: int) -> np.ndarray:
     return np.frombuffer(buf, dtype="<f4", count=n_features, offset=HEAD_SIZE)
 
 
+_TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "t": int}
+
+
 def decode_tail(buf, n_features: int, key: int) -> dict:
+    """The msgpack part, with every documented key present and of its type."""
     try:
         tail = msgpack.unpackb(buf[HEAD_SIZE + 4 * n_features:], raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise CorruptProfile(f"profile {key:016x}: undecodable attributes ({exc})") from None
     if not isinstance(tail, dict):
         raise CorruptProfile(f"profile {key:016x}: attributes are not a map")
+    for name, kind in _TAIL_SHAPE.items():
+        if not isinstance(tail.get(name), kind):
+            raise CorruptProfile(f"profile {key:016x}: field {name!r} is missing or not a "
+                                 f"{kind.__name__}")
     return tail
 
 
 def decode(buf, key: int) -> ProfileRecord:
     """A full, copied ProfileRecord from a stored value."""
-    n_features, updated = check_head(buf, key)
+    n_features = check_head(buf, key)
     tail = decode_tail(buf, n_features, key)
+    identifiers = tail["i"]
+    if not all(isinstance(i, list) and len(i) == 2 and all(isinstance(p, str) for p in i)
+               for i in identifiers):
+        raise CorruptProfile(f"profile {key:016x}: identifiers are not [kind, value] pairs")
     return ProfileRecord(
         key=key,
         features=feature_view(buf, n_features).astype(np.float32),
-        attributes=dict(tail.get("a", {})),
-        counters=dict(tail.get("c", {})),
-        identifiers=[(k, v) for k, v in tail.get("i", [])],
-        created_at_ms=int(tail.get("t", 0)),
-        updated_at_ms=updated,
+        attributes=tail["a"],
+        counters=tail["c"],
+        identifiers=[(k, v) for k, v in identifiers],
+        created_at_ms=tail["t"],
+        updated_at_ms=HEAD.unpack_from(buf)[5],
     )

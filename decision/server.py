@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass
@@ -164,9 +165,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     @_rpc
     def ListOffers(self, request: pb.ListOffersRequest, context) -> pb.ListOffersResponse:
-        offers = self.engine.list_offers(request.channel, request.placement)
+        catalog, offers = self.engine.list_offers(request.channel, request.placement)
         return pb.ListOffersResponse(offers=[_offer(o) for o in offers],
-                                     catalog_version=self.engine.catalog.version)
+                                     catalog_version=catalog.version)
 
     @_rpc
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
@@ -215,23 +216,34 @@ class Running:
     engine: Engine
     health: health.HealthServicer
     stopping: threading.Event
+    follower: threading.Thread | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
+        """Stop serving (draining requests in flight for ``grace`` seconds) and close
+        the store once nothing can use it any more."""
         self.stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.follower is not None:
+            self.follower.join()
+        with self.engine.reload_lock:  # a SIGHUP reload may still be compiling
+            self.engine.store.close()
 
 
 def _follow_catalog(running: Running) -> None:
-    """Keep this process on the catalog version published in the shared store."""
+    """Housekeeping: stay on the catalog version published in the shared store, and
+    release reader slots left by processes that died (a killed worker)."""
     while not running.stopping.wait(CATALOG_SYNC_SECONDS):
         try:
+            running.engine.store.clear_stale_readers()
             catalog = running.engine.sync_catalog()
             if catalog is not None:
                 log.info("catalog %s loaded (published by another process)", catalog.version)
         except DecisionError as exc:
-            log.error("catalog published by another process failed to load here; "
-                      "still serving the previous one: %s", exc)
+            log.error("catalog published by another process not loaded here; "
+                      "still serving %s: %s", running.engine.catalog.version, exc)
+        except Exception:  # keep following whatever happened; the log has the trace
+            log.exception("catalog follower: unexpected error")
 
 
 def create_server(settings: Settings, engine: Engine | None = None,
@@ -258,14 +270,16 @@ def create_server(settings: Settings, engine: Engine | None = None,
 
 def start(running: Running) -> None:
     running.server.start()
-    threading.Thread(target=_follow_catalog, args=(running,), name="decision-catalog",
-                     daemon=True).start()
+    running.follower = threading.Thread(target=_follow_catalog, args=(running,),
+                                        name="decision-catalog", daemon=True)
+    running.follower.start()
     for name in ("", SERVICE_NAME):
         running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
 def serve(settings: Settings, reuse_port: bool = False, ready=None) -> None:
     """Run one server process until SIGTERM/SIGINT; SIGHUP reloads the catalog."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is in place
     running = create_server(settings, reuse_port=reuse_port)
     start(running)
     host = settings.address.rpartition(":")[0]
@@ -289,7 +303,6 @@ def serve(settings: Settings, reuse_port: bool = False, ready=None) -> None:
     stopping.wait()
     log.info("shutting down: draining requests in flight")
     running.stop(grace=5.0)
-    running.engine.store.close()
 
 
 def _reload(engine: Engine) -> None:
@@ -305,19 +318,32 @@ def _worker(settings: Settings) -> None:
     serve(settings, reuse_port=True)
 
 
+RESTART_BACKOFF_S = (1.0, 30.0)  # first and largest delay before restarting a worker
+HEALTHY_AFTER_S = 10.0  # a worker that lived this long restarts at once
+
+
 def serve_workers(settings: Settings) -> None:
-    """Run ``settings.workers`` processes sharing the port; restart any that dies."""
+    """Run ``settings.workers`` processes sharing the port; restart any that dies.
+
+    The catalog and the store are checked here first, so a bad configuration stops
+    the command with its message instead of crash-looping workers; a worker that dies
+    young is restarted after a growing delay.
+    """
     if settings.workers == 1:
         serve(settings)
         return
+    Engine(settings).store.close()  # validates catalog + store schema, or raises
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    started: dict[int, float] = {}
+    delay: dict[int, float] = {}
+    due: dict[int, float] = {}
     stopping = threading.Event()
 
     def spawn(slot: int) -> None:
         p = ctx.Process(target=_worker, args=(settings,), name=f"decision-worker-{slot}")
         p.start()
-        procs[slot] = p
+        procs[slot], started[slot] = p, time.monotonic()
 
     def on_signal(signum, frame):
         if signum != signal.SIGHUP:
@@ -326,16 +352,26 @@ def serve_workers(settings: Settings) -> None:
             if p.is_alive():
                 os.kill(p.pid, signum)  # workers stop on TERM/INT and reload on HUP
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by workers until ready
     for slot in range(settings.workers):
         spawn(slot)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     while not stopping.is_set():
         multiprocessing.connection.wait([p.sentinel for p in procs.values()], timeout=0.5)
+        now = time.monotonic()
         for slot, p in list(procs.items()):
-            if not p.is_alive() and not stopping.is_set():
-                log.warning("worker %s (pid %s) exited with %s; restarting", slot, p.pid,
-                            p.exitcode)
+            if p.is_alive() or stopping.is_set():
+                continue
+            if slot not in due:
+                young = now - started[slot] < HEALTHY_AFTER_S
+                delay[slot] = (min(RESTART_BACKOFF_S[1], delay.get(slot, 0) * 2
+                                   or RESTART_BACKOFF_S[0]) if young else 0.0)
+                due[slot] = now + delay[slot]
+                log.warning("worker %s (pid %s) exited with %s; restarting in %.0f s",
+                            slot, p.pid, p.exitcode, delay[slot])
+            if now >= due[slot]:
+                del due[slot]
                 spawn(slot)
     for p in procs.values():
         p.join(timeout=10)

@@ -32,7 +32,8 @@ class Limits:
     max_offers: int = 100  #: largest ``limit`` a Decide request may ask for
     max_context_entries: int = 64  #: entries in a request's context map
     max_string_bytes: int = 256  #: identifier values, context keys and string values
-    max_attributes: int = 256  #: attributes set by one UpsertProfile
+    max_attributes: int = 256  #: attributes on one profile (and set by one upsert)
+    max_identifiers: int = 32  #: identifiers on one profile (and sent in one upsert)
     max_message_bytes: int = 4 * 1024 * 1024  #: gRPC message size, both directions
 
     def __post_init__(self) -> None:

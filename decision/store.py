@@ -22,6 +22,7 @@ needs no transaction open in the process, so every transaction passes a ``_MapGa
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -115,8 +116,7 @@ class Reader:
 
     def resolve(self, kind: str, value: str) -> int | None:
         """The profile key an identifier belongs to, or None."""
-        raw = self._txn.get(identity_key(kind, value), db=self._store.identity_db)
-        return None if raw is None else int.from_bytes(raw, "big")
+        return self._store.resolve_in(self._txn, kind, value)
 
     def meta(self, name: bytes) -> bytes | None:
         raw = self._txn.get(name, db=self._store.meta_db)
@@ -141,6 +141,7 @@ class ProfileStore:
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open the profile store: {exc}") from None
         self._gate = _MapGate()
+        self.clear_stale_readers()
         self.profiles_db = self.env.open_db(b"profiles", create=not readonly)
         self.identity_db = self.env.open_db(b"identity", create=not readonly)
         self.meta_db = self.env.open_db(b"meta", create=not readonly)
@@ -161,23 +162,32 @@ class ProfileStore:
         while True:
             self._gate.enter()
             try:
+                seen = self.env.info()["map_size"]
                 with self.env.begin(write=True) as txn:
                     return work(txn)
             except lmdb.MapFullError:
-                resize = self._grow
+                resize = functools.partial(self._grow, seen)
             except lmdb.MapResizedError:
                 resize = self._adopt_map_size
             finally:
                 self._gate.leave()
             resize()
 
-    def _grow(self) -> None:
+    def _grow(self, seen: int) -> None:
+        """Double the map, unless another thread already grew it past ``seen``."""
         def double() -> None:
-            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            if self.env.info()["map_size"] == seen:
+                self.env.set_mapsize(seen * 2)
         self._gate.exclusive(double)
 
     def _adopt_map_size(self) -> None:
         self._gate.exclusive(lambda: self.env.set_mapsize(0))
+
+    def clear_stale_readers(self) -> int:
+        """Release reader slots of processes that died inside a read transaction (a
+        killed worker): they would pin old pages and make the file grow. Returns how
+        many were cleared."""
+        return self.env.reader_check()
 
     @property
     def map_size(self) -> int:

@@ -57,8 +57,8 @@ def decide_offers(code, programs, consts, slots, offer_masks, offer_window, offe
         eligible += 1
         p = sigmoid(logit_of(weights, bias, x, i))
         s = p * offer_value[i, 0] * offer_value[i, 1]
-        if size == k and s <= best_score[k - 1]:
-            continue
+        if s != s or (size == k and s <= best_score[k - 1]):
+            continue  # NaN never ranks (as in selection.top_k)
         pos = size if size < k else k - 1
         while pos > 0 and best_score[pos - 1] < s:
             if pos < k:

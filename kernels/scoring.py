@@ -16,7 +16,8 @@ Arbitration
 -----------
 ``score_i = propensity_i x value_i x lever_i`` (Pega's P x V x L without the context
 weight): the expected business value of showing the offer, bent by a business lever
-(1 = neutral, 0 = never wins, 2 = counts double).
+(1 = neutral, 2 = counts double, 0 = scores 0: ranked after every offer that scores
+more, so shown only when nothing better is eligible).
 
 The contribution of feature ``j`` to offer ``i``'s log-odds is ``weights[i, j] * x[j]``;
 ``top_contributions`` returns the largest by absolute value for the reason codes.

@@ -49,7 +49,6 @@ def running(settings):
     start(r)
     yield r
     r.stop(grace=None)
-    r.engine.store.close()
 
 
 @pytest.fixture

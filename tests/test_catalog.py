@@ -47,6 +47,8 @@ def test_offers_are_sorted_and_compiled():
     (("customer_weights = { recency", "customer_weights = { age"),
      "model.customer_weights: unknown feature 'age'"),
     (('tier = "number"', 'tier = "integer"'), "profile.tier: type must be one of"),
+    (("customer_weights = { recency = -0.5", "customer_weights = { recency = 1e39"),
+     "model: weights too large"),
 ])
 def test_bad_catalog_is_rejected_with_offer_and_reason(tmp_path, change, message):
     old, new = change
@@ -154,3 +156,26 @@ def test_committed_stubs_are_current():
     from decision.protogen import stale_files
 
     assert stale_files() == []
+
+
+def test_processes_with_different_catalog_files_do_not_take_turns(tmp_path, catalog_file):
+    """Two engines on one store, each with its own (different) file: a reload in one
+    is not chased forever by the other."""
+    from decision.engine import Engine
+    from decision.errors import FailedPrecondition
+    from decision.settings import Settings
+    from decision.store import ProfileStore
+
+    other = tmp_path / "other.toml"
+    other.write_text(BASE.replace('version = "test"', 'version = "other"'))
+    store = ProfileStore(tmp_path / "shared")
+    a = Engine(Settings(data_dir=tmp_path / "shared", catalog_path=catalog_file), store=store)
+    b = Engine(Settings(data_dir=tmp_path / "shared", catalog_path=other), store=store)
+    assert store.published_catalog() == b.catalog.version  # the last to start
+    assert b.sync_catalog() is None
+    with pytest.raises(FailedPrecondition, match="published catalog other@.* holds test@"):
+        a.sync_catalog()  # a cannot reach b's version from its own file
+    assert a.catalog.version.startswith("test@")
+    assert store.published_catalog().startswith("other@")  # a did not republish
+    assert a.sync_catalog() is None  # and does not try again
+    store.close()

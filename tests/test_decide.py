@@ -122,6 +122,10 @@ def test_next_decision_sees_a_profile_update(stub, alice):
                       context={"country": text("F" * 300)}), "context['country']"),
     (pb.DecideRequest(customer=ident("x"), channel="web",
                       context={"country": num(33)}), "context['country']"),
+    (pb.DecideRequest(customer=ident("x"), channel="web",
+                      context={"basket": num(float("nan"))}), "context['basket']"),
+    (pb.DecideRequest(customer=ident("x"), channel="web",
+                      context={"basket": num(float("inf"))}), "context['basket']"),
 ])
 def test_bad_input_is_invalid_argument_naming_the_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as err:
@@ -172,3 +176,48 @@ def test_nothing_compiles_on_the_request_path(stub, alice):
             stub.Decide(pb.DecideRequest(customer=ident(who), channel="web", limit=7,
                                          placement=placement, context={"basket": num(3)}))
     assert len(decide_offers.signatures) == before
+
+
+def _store_raw(running, key: int, record_bytes: bytes, identifier: str) -> None:
+    from decision.store import identity_key, profile_key_bytes
+
+    store = running.engine.store
+
+    def work(txn):
+        txn.put(profile_key_bytes(key), record_bytes, db=store.profiles_db)
+        txn.put(identity_key("customer_id", identifier), profile_key_bytes(key),
+                db=store.identity_db)
+
+    store.write(work)
+
+
+def test_stored_attribute_of_another_type_reads_as_missing(stub, running):
+    """Data written before the catalog declared an attribute (or by an older schema)
+    must not break decisions: a value of the wrong type is a missing value."""
+    import numpy as np
+
+    from decision.layout import ProfileRecord, encode
+
+    record = ProfileRecord(key=900, features=np.zeros(4, np.float32),
+                           attributes={"tier": "gold", "country": 33.0, "vip": "yes"},
+                           identifiers=[("customer_id", "legacy")])
+    _store_raw(running, 900, encode(record), "legacy")
+    reply = stub.Decide(pb.DecideRequest(customer=ident("legacy"), channel="web",
+                                         context={"country": text("FR")}))
+    ids = [o.offer_id for o in reply.offers]
+    assert "gold-upgrade" not in ids  # tier missing: tier >= 2 is false
+    assert "welcome-10" in ids  # vip missing: not profile.vip holds
+
+
+def test_feature_vector_of_another_width_is_data_loss(stub, running):
+    import numpy as np
+
+    from decision.layout import ProfileRecord, encode
+
+    record = ProfileRecord(key=901, features=np.ones(40, np.float32),
+                           identifiers=[("customer_id", "wide")])
+    _store_raw(running, 901, encode(record), "wide")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(pb.DecideRequest(customer=ident("wide"), channel="web"))
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "40 features stored" in err.value.details()

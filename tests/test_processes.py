@@ -143,12 +143,14 @@ def test_ask_prints_a_decision_for_a_person(running):
     assert "INVALID_ARGUMENT: channel: unknown channel 'fax'" in bad.stderr
 
 
-def test_serve_refuses_a_bad_catalog_at_start(tmp_path):
+@pytest.mark.parametrize("workers", [["--address", "127.0.0.1:0"],
+                                     ["--workers", "2", "--address", "127.0.0.1:1"]])
+def test_serve_refuses_a_bad_catalog_at_start(tmp_path, workers):
     bad = tmp_path / "bad.toml"
     bad.write_text(TEST_CATALOG.read_text().replace("profile.tier >= 2", "profile.tierr >= 2"))
     out = subprocess.run(
         [sys.executable, "-m", "decision.cli", "serve", "--data-dir", str(tmp_path / "s"),
-         "--catalog", str(bad), "--address", "127.0.0.1:0"],
+         "--catalog", str(bad), *workers],
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "offer 'gold-upgrade'" in out.stderr and "unknown field 'profile.tierr'" in out.stderr

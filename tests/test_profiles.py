@@ -61,6 +61,9 @@ def test_unknown_profile_is_not_found(stub):
      "INVALID_ARGUMENT", "features['height']"),
     (pb.UpsertProfileRequest(identifiers=[ident("a")], features={"recency": float("nan")}),
      "INVALID_ARGUMENT", "features['recency']"),
+    (pb.UpsertProfileRequest(identifiers=[ident("a")] + [ident(f"c{i}", "cookie")
+                                                         for i in range(32)]),
+     "INVALID_ARGUMENT", "identifiers"),
 ])
 def test_bad_upserts(stub, request_, code, field):
     with pytest.raises(grpc.RpcError) as err:
@@ -137,4 +140,39 @@ def test_map_growth_through_the_api(tmp_path, catalog_file):
             assert got.attributes["note39"].string_value == "n" * 250
     finally:
         running.stop(grace=None)
-        running.engine.store.close()
+
+
+def test_identifiers_per_profile_are_bounded(stub):
+    for i in range(31):
+        stub.UpsertProfile(pb.UpsertProfileRequest(
+            identifiers=[ident("many"), ident(f"dev-{i}", "device_id")]))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UpsertProfile(pb.UpsertProfileRequest(
+            identifiers=[ident("many"), ident("one-too-many", "device_id")]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the profile would hold 33, at most 32" in err.value.details()
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("many")))
+    assert len(got.identifiers) == 32
+
+
+def test_profile_with_a_malformed_tail_is_data_loss(stub, running):
+    import msgpack
+
+    from decision.layout import HEAD, LAYOUT_VERSION, MAGIC
+    from decision.store import identity_key, profile_key_bytes
+
+    value = HEAD.pack(MAGIC, LAYOUT_VERSION, 0, 4, 0, 0) + bytes(16) + msgpack.packb(
+        {"a": ["not", "a", "map"], "c": {}, "i": [], "t": 0})
+    store = running.engine.store
+
+    def work(txn):
+        txn.put(profile_key_bytes(77), value, db=store.profiles_db)
+        txn.put(identity_key("customer_id", "odd"), profile_key_bytes(77), db=store.identity_db)
+
+    store.write(work)
+    for call in (lambda: stub.GetProfile(pb.GetProfileRequest(customer=ident("odd"))),
+                 lambda: stub.Decide(pb.DecideRequest(customer=ident("odd"), channel="web"))):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS
+        assert "000000000000004d" in err.value.details()

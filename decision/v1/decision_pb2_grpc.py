@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class DecisionServiceStub:
-    """The decision service. Every method is unary; all are safe to retry except
-    UpsertProfile without identifiers (which would create a second profile).
+    """The decision service. Every method is unary and safe to retry: UpsertProfile
+    addresses the profile by its identifiers, so a retried upsert updates the same one.
     """
 
     def __init__(self, channel):
@@ -64,8 +64,8 @@ class DecisionServiceStub:
 
 
 class DecisionServiceServicer:
-    """The decision service. Every method is unary; all are safe to retry except
-    UpsertProfile without identifiers (which would create a second profile).
+    """The decision service. Every method is unary and safe to retry: UpsertProfile
+    addresses the profile by its identifiers, so a retried upsert updates the same one.
     """
 
     def Decide(self, request, context):
@@ -149,8 +149,8 @@ def add_DecisionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DecisionService:
-    """The decision service. Every method is unary; all are safe to retry except
-    UpsertProfile without identifiers (which would create a second profile).
+    """The decision service. Every method is unary and safe to retry: UpsertProfile
+    addresses the profile by its identifiers, so a retried upsert updates the same one.
     """
 
     @staticmethod
