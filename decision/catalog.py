@@ -21,6 +21,10 @@ File layout (every key is documented in README.md, "Catalog reference")::
     offer_weights = { premium = 0.3 }
     interactions = { orders_90d = [0.2, -0.1] } # one weight per offer feature
 
+    [events.purchase]                           # see decision.events
+    fields = { amount = "number" }
+    do = [{ add = "counter.revenue", value = "event.amount" }]
+
     [[offer]]
     id = "spring-upgrade"
     name = "Upgrade to Premium"
@@ -55,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from decision.errors import CatalogError, RuleError
+from decision.events import EventType, parse_event_types
 from decision.rules import Field, FieldTable, ProgramBuilder
 
 MAX_BITS = 63  # channels and placements are bits of an int64 mask
@@ -104,6 +109,7 @@ class Catalog:
     bias: np.ndarray  # float64[n]
     profile_fields: tuple[Field, ...]  # fields rules read, to fill per request
     context_fields: dict[str, Field]
+    events: dict[str, EventType]  # event types: what each does to a profile
     loaded_at_ms: int
 
     @property
@@ -142,7 +148,7 @@ def load_catalog(path: str | Path) -> Catalog:
 # ------------------------------------------------------------------ compilation
 def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     _only_keys(doc, "catalog", {"version", "channels", "placements", "profile", "context",
-                                "model", "offer"})
+                                "model", "offer", "events"})
     channels = _names(doc.get("channels"), "channels", required=True)
     placements = _names(doc.get("placements", []), "placements", required=False)
     profile = _table(doc, "profile")
@@ -151,6 +157,8 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     fields = FieldTable(_types(profile.get("attributes", {}), "profile.attributes"),
                         _types(doc.get("context", {}), "context"))
     model = _Model.parse(_table(doc, "model"), feature_names)
+    events = parse_event_types(doc.get("events", {}), feature_names,
+                               _types(profile.get("attributes", {}), "profile.attributes"))
 
     raw_offers = doc.get("offer", [])
     if not isinstance(raw_offers, list) or not raw_offers:
@@ -198,7 +206,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         offer_window=offer_window, offer_value=offer_value, weights=weights, bias=bias,
         profile_fields=tuple(f for f in used if f.namespace == "profile"),
         context_fields={f.name: f for f in used if f.namespace == "context"},
-        loaded_at_ms=int(time.time() * 1000),
+        events=events, loaded_at_ms=int(time.time() * 1000),
     )
 
 

@@ -24,13 +24,15 @@ import math
 import os
 import threading
 import time
-from typing import Callable, Mapping, NamedTuple
+from concurrent.futures import Future
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
 from decision import layout
 from decision.catalog import Catalog, Offer, load_catalog
 from decision.errors import DecisionError, FailedPrecondition, InvalidArgument, NotFound
+from decision.ingest import Event, GroupCommitter, Outcome, ValidEvent, validate
 from decision.layout import AttributeValue, ProfileRecord
 from decision.rules import string_id
 from decision.settings import Limits, Settings
@@ -114,6 +116,13 @@ class Decision:
 COLD_START = Reason("COLD_START", "no profile: the model's prior")
 
 
+class TrackSummary(NamedTuple):
+    received: int
+    applied: int
+    duplicates: int
+    rejected: tuple[tuple[int, str, str], ...]  # (index, event_id, message)
+
+
 class ProfileUpdate(NamedTuple):
     identifiers: tuple[Identifier, ...]
     attributes: Mapping[str, AttributeValue | None] = {}  # never mutated
@@ -150,12 +159,19 @@ class Engine:
         self.limits: Limits = settings.limits
         self.kinds = frozenset(settings.identifier_kinds)
         self.clock = clock
-        self.store = store or ProfileStore(settings.data_dir, settings.map_size)
+        self.store = store or ProfileStore(settings.data_dir, settings.map_size,
+                                           durable=settings.durable)
         self.reload_lock = threading.Lock()
         self._catalog_listeners: list[Callable[[Catalog], None]] = []
         self._active = self._prepare(load_catalog(settings.catalog_path))
         self._unreachable: str | None = None
         self.store.publish_catalog(self.catalog.version)
+        self._ingest = GroupCommitter(self.store, len(self.catalog.feature_names), clock)
+
+    def close(self) -> None:
+        """Finish queued events, then close the store."""
+        self._ingest.close()
+        self.store.close()
 
     # ------------------------------------------------------------- catalog
     @property
@@ -400,6 +416,52 @@ class Engine:
                 raise InvalidArgument(f"features[{name!r}]: must be finite, got {v}")
             out[index[name]] = float(v)
         return out
+
+    # ------------------------------------------------------------- events
+    def track(self, event: Event) -> Outcome:
+        """Apply one event durably (grouped with concurrent ones into one commit)."""
+        valid = validate(event, self.catalog, self._identifier, int(self.clock() * 1000),
+                         self.limits)
+        [result] = self._ingest.submit([valid]).result()
+        if isinstance(result, DecisionError):
+            raise result
+        return result
+
+    def track_many(self, events: Iterable[Event], chunk: int = 512) -> TrackSummary:
+        """Apply a stream of events in order; invalid ones are skipped and reported.
+
+        Chunks are handed to the writer as they fill, without waiting, so reading the
+        stream overlaps with committing it; the summary comes once all are durable."""
+        catalog = self.catalog
+        pending: list[tuple[list[tuple[int, str]], Future]] = []
+        rejected: list[tuple[int, str, str]] = []
+        batch: list[ValidEvent] = []
+        where: list[tuple[int, str]] = []
+        received = 0
+        for index, event in enumerate(events):
+            received += 1
+            try:
+                batch.append(validate(event, catalog, self._identifier,
+                                      int(self.clock() * 1000), self.limits))
+                where.append((index, event.event_id))
+            except DecisionError as exc:
+                rejected.append((index, event.event_id, str(exc)))
+            if len(batch) >= chunk:
+                pending.append((where, self._ingest.submit(batch)))
+                batch, where = [], []
+        if batch:
+            pending.append((where, self._ingest.submit(batch)))
+        applied = duplicates = 0
+        for where, future in pending:
+            for (index, event_id), result in zip(where, future.result()):
+                if isinstance(result, DecisionError):
+                    rejected.append((index, event_id, str(result)))
+                elif result.duplicate:
+                    duplicates += 1
+                else:
+                    applied += 1
+        rejected.sort()
+        return TrackSummary(received, applied, duplicates, tuple(rejected))
 
     def list_offers(self, channel: str = "", placement: str = "") -> tuple[Catalog, list[Offer]]:
         """The active catalog and its offers for a channel/placement (one snapshot)."""

@@ -30,6 +30,7 @@ from decision.engine import (
     DecideQuery, Decision, Engine, Identifier, ProfileUpdate,
 )
 from decision.errors import DecisionError
+from decision.ingest import Event
 from decision.layout import ProfileRecord
 from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
@@ -61,6 +62,12 @@ def _rpc(method):
 # ------------------------------------------------------------------ conversions
 def _identifier(msg: pb.Identifier) -> Identifier:
     return Identifier(msg.kind, msg.value)
+
+
+def _event(msg: pb.Event) -> Event:
+    return Event(type=msg.type, customer=_identifier(msg.customer), event_id=msg.event_id,
+                 timestamp_ms=msg.timestamp_ms, channel=msg.channel,
+                 attributes={k: _value(v) for k, v in msg.attributes.items()})
 
 
 def _value(msg: pb.Value):
@@ -170,6 +177,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                                      catalog_version=catalog.version)
 
     @_rpc
+    def Track(self, request: pb.Event, context) -> pb.TrackResponse:
+        outcome = self.engine.track(_event(request))
+        return pb.TrackResponse(profile_key=f"{outcome.profile_key:016x}",
+                                duplicate=outcome.duplicate)
+
+    @_rpc
+    def TrackStream(self, request_iterator, context) -> pb.TrackSummary:
+        summary = self.engine.track_many(_event(e) for e in request_iterator)
+        return pb.TrackSummary(
+            received=summary.received, applied=summary.applied,
+            duplicates=summary.duplicates,
+            rejected=[pb.Rejection(index=i, event_id=eid, message=m)
+                      for i, eid, m in summary.rejected])
+
+    @_rpc
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
         return _catalog_info(self.engine.reload_catalog())
 
@@ -182,7 +204,9 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
     for method in pb.DESCRIPTOR.services_by_name["DecisionService"].methods:
         request_cls = getattr(pb, method.input_type.name)
         reply_cls = getattr(pb, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        make = (grpc.stream_unary_rpc_method_handler if method.client_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=request_cls.FromString,
             response_serializer=bytes if method.name == "Decide" else reply_cls.SerializeToString,
@@ -227,7 +251,7 @@ class Running:
         if self.follower is not None:
             self.follower.join()
         with self.engine.reload_lock:  # a SIGHUP reload may still be compiling
-            self.engine.store.close()
+            self.engine.close()  # queued events are committed first
 
 
 def _follow_catalog(running: Running) -> None:
@@ -326,13 +350,19 @@ def serve_workers(settings: Settings) -> None:
     """Run ``settings.workers`` processes sharing the port; restart any that dies.
 
     The catalog and the store are checked here first, so a bad configuration stops
-    the command with its message instead of crash-looping workers; a worker that dies
-    young is restarted after a growing delay.
+    the command with its message instead of crash-looping workers, and the kernels
+    are compiled before any worker starts; a worker that dies young is restarted
+    after a growing delay.
     """
     if settings.workers == 1:
         serve(settings)
         return
-    Engine(settings).store.close()  # validates catalog + store schema, or raises
+    # Validate the catalog and the store schema (or raise), and compile the kernels
+    # into numba's on-disk cache here, once: processes that add to that cache at the
+    # same moment can corrupt it, so the workers must find it complete.
+    engine = Engine(settings)
+    engine.warm()
+    engine.close()
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     started: dict[int, float] = {}

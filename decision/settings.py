@@ -57,6 +57,8 @@ class Settings:
     ``workers``         server processes sharing the port (SO_REUSEPORT) and the store.
     ``threads``         gRPC handler threads per process.
     ``map_size``        initial LMDB map size in bytes; the map doubles when full.
+    ``durable``         fsync every commit (True) or leave it to the OS (False: fast,
+                        survives a killed process, not a machine crash).
     ``identifier_kinds`` the kinds of customer identifiers the store accepts.
     """
 
@@ -66,6 +68,7 @@ class Settings:
     workers: int = 1
     threads: int = 8
     map_size: int = 1 << 30
+    durable: bool = True
     identifier_kinds: tuple[str, ...] = DEFAULT_IDENTIFIER_KINDS
     limits: Limits = field(default_factory=Limits)
 

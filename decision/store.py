@@ -7,6 +7,8 @@ db             key                              value
 =============  ===============================  =====================================
 ``profiles``   profile key, uint64 big-endian   ``decision.layout`` record
 ``identity``   ``kind \\x1f value`` (UTF-8)      profile key (8 bytes)
+``events``     event_id (UTF-8)                 msgpack [profile key, applied at ms]:
+                                                the ids of applied events (dedupe)
 ``meta``       ASCII name                       ``schema``: msgpack {"layout", "features"};
                                                 ``next_key``: uint64 big-endian;
                                                 ``catalog_version``: UTF-8, the catalog
@@ -14,7 +16,10 @@ db             key                              value
 =============  ===============================  =====================================
 
 Readers never wait for writers (LMDB's MVCC); writers from every process serialise on
-LMDB's writer lock. Every write transaction is durable when it commits (``sync=True``).
+LMDB's writer lock. With ``durable=True`` (the default) every write transaction is on
+disk when it commits (fsync); with ``durable=False`` commits skip the fsync: a killed
+process loses nothing (the data is in the OS page cache), a machine crash or power
+loss can lose the last commits (LMDB stays consistent either way).
 When a write finds the map full, the map doubles and the write is retried; a process
 whose map another process grew adopts the new size at its next transaction. Resizing
 needs no transaction open in the process, so every transaction passes a ``_MapGate``.
@@ -130,13 +135,14 @@ class Reader:
 class ProfileStore:
     """The LMDB environment and its named databases."""
 
-    def __init__(self, path: str | Path, map_size: int = 1 << 30, readonly: bool = False):
+    def __init__(self, path: str | Path, map_size: int = 1 << 30, readonly: bool = False,
+                 durable: bool = True):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             self.env = lmdb.open(
                 str(self.path), map_size=map_size, max_dbs=16, max_readers=1024,
-                readonly=readonly, sync=True, metasync=True, readahead=False, lock=True,
+                readonly=readonly, sync=durable, metasync=durable, readahead=False, lock=True,
             )
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open the profile store: {exc}") from None
@@ -145,6 +151,7 @@ class ProfileStore:
         self.profiles_db = self.env.open_db(b"profiles", create=not readonly)
         self.identity_db = self.env.open_db(b"identity", create=not readonly)
         self.meta_db = self.env.open_db(b"meta", create=not readonly)
+        self.events_db = self.env.open_db(b"events", create=not readonly)
 
     def close(self) -> None:
         self.env.close()

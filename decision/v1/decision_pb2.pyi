@@ -219,3 +219,56 @@ class CatalogInfo(_message.Message):
     placements: _containers.RepeatedScalarFieldContainer[str]
     loaded_at_ms: int
     def __init__(self, version: _Optional[str] = ..., offer_count: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., placements: _Optional[_Iterable[str]] = ..., loaded_at_ms: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("event_id", "type", "customer", "timestamp_ms", "channel", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    customer: Identifier
+    timestamp_ms: int
+    channel: str
+    attributes: _containers.MessageMap[str, Value]
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., customer: _Optional[_Union[Identifier, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., channel: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class TrackResponse(_message.Message):
+    __slots__ = ("profile_key", "duplicate")
+    PROFILE_KEY_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    profile_key: str
+    duplicate: bool
+    def __init__(self, profile_key: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("index", "event_id", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    event_id: str
+    message: str
+    def __init__(self, index: _Optional[int] = ..., event_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TrackSummary(_message.Message):
+    __slots__ = ("received", "applied", "duplicates", "rejected")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    applied: int
+    duplicates: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, received: _Optional[int] = ..., applied: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...

@@ -56,6 +56,16 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.ListOffersRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.ListOffersResponse.FromString,
                 _registered_method=True)
+        self.Track = channel.unary_unary(
+                '/decision.v1.DecisionService/Track',
+                request_serializer=decision_dot_v1_dot_decision__pb2.Event.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.TrackResponse.FromString,
+                _registered_method=True)
+        self.TrackStream = channel.stream_unary(
+                '/decision.v1.DecisionService/TrackStream',
+                request_serializer=decision_dot_v1_dot_decision__pb2.Event.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.TrackSummary.FromString,
+                _registered_method=True)
         self.ReloadCatalog = channel.unary_unary(
                 '/decision.v1.DecisionService/ReloadCatalog',
                 request_serializer=decision_dot_v1_dot_decision__pb2.ReloadCatalogRequest.SerializeToString,
@@ -102,6 +112,28 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Track(self, request, context):
+        """Record one customer event (page view, add to cart, purchase, seat change, ...).
+        Its effects on the profile, declared per event type in the catalog's [events]
+        section, are applied atomically and durably before the call returns: the next
+        Decide or GetProfile, from any client and any server process, sees them. An
+        identifier no profile holds yet creates one. An event_id seen before is
+        acknowledged again (duplicate = true) without being applied twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrackStream(self, request_iterator, context):
+        """Record many events (backends, replays). Valid events are applied in order, in
+        batches of durable transactions; an invalid event is skipped and reported in
+        the summary, the rest of the stream is still applied. Every event counted in
+        `applied` or `duplicates` is durable when the summary arrives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReloadCatalog(self, request, context):
         """Reload the catalog file the server was started with. The new catalog is
         compiled aside and swapped in atomically: requests in flight finish on the old
@@ -134,6 +166,16 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ListOffers,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.ListOffersRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.ListOffersResponse.SerializeToString,
+            ),
+            'Track': grpc.unary_unary_rpc_method_handler(
+                    servicer.Track,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.Event.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.TrackResponse.SerializeToString,
+            ),
+            'TrackStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.TrackStream,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.Event.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.TrackSummary.SerializeToString,
             ),
             'ReloadCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadCatalog,
@@ -251,6 +293,60 @@ class DecisionService:
             '/decision.v1.DecisionService/ListOffers',
             decision_dot_v1_dot_decision__pb2.ListOffersRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.ListOffersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Track(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/Track',
+            decision_dot_v1_dot_decision__pb2.Event.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.TrackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/decision.v1.DecisionService/TrackStream',
+            decision_dot_v1_dot_decision__pb2.Event.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.TrackSummary.FromString,
             options,
             channel_credentials,
             insecure,

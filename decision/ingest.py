@@ -1,0 +1,200 @@
+"""Event ingestion: validate, apply in durable batches (group commit), deduplicate.
+
+One writer thread per process owns ingestion. ``Track`` and ``TrackStream`` hand it
+validated events and wait; it drains whatever has queued up into ONE write
+transaction (up to ``MAX_BATCH`` events), commits it (fsync, with the default
+durability), and only then releases the callers. Throughput comes from many events
+sharing one commit, not from weakening it: an acknowledged event is on disk.
+
+Inside a batch, events apply in arrival order; several events of one customer load
+the profile once and save it once. An event with an ``event_id`` already recorded in
+the ``events`` sub-db is acknowledged as a duplicate and changes nothing; the id is
+recorded in the same transaction as the event's effects, so a crash can never apply
+an event without recording it, or the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from concurrent.futures import Future
+from typing import NamedTuple
+
+import msgpack
+import numpy as np
+
+from decision import events as event_actions
+from decision.catalog import Catalog
+from decision.errors import DecisionError, InvalidArgument
+from decision.layout import AttributeValue, ProfileRecord
+
+log = logging.getLogger("decision.ingest")
+
+MAX_BATCH = 1024  # events per write transaction
+MAX_FUTURE_MS = 5 * 60 * 1000  # how far ahead of the server's clock a timestamp may be
+
+
+class Event(NamedTuple):
+    type: str
+    customer: object  # engine.Identifier
+    event_id: str = ""
+    timestamp_ms: int = 0  # 0: now
+    channel: str = ""
+    attributes: dict[str, AttributeValue | None] = {}  # never mutated
+
+
+class Outcome(NamedTuple):
+    profile_key: int
+    duplicate: bool
+
+
+class ValidEvent(NamedTuple):
+    event_type: event_actions.EventType
+    kind: str
+    value: str
+    event_id: bytes
+    time_ms: int
+    data: dict
+
+
+def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) -> ValidEvent:
+    """Check ``event`` against the catalog; raise InvalidArgument naming the field.
+
+    ``identifier`` is the engine's identifier check (kind known, value present)."""
+    event_type = catalog.events.get(event.type)
+    if event_type is None:
+        raise InvalidArgument(f"type: unknown event type {event.type!r} (known: "
+                              f"{', '.join(sorted(catalog.events)) or 'none declared'})")
+    kind, value = identifier(event.customer, "customer")
+    if len(event.event_id.encode()) > limits.max_string_bytes:
+        raise InvalidArgument(f"event_id: longer than {limits.max_string_bytes} bytes")
+    if event.timestamp_ms < 0:
+        raise InvalidArgument(f"timestamp_ms: must be >= 0, got {event.timestamp_ms}")
+    if event.timestamp_ms > now_ms + MAX_FUTURE_MS:
+        raise InvalidArgument(f"timestamp_ms: {event.timestamp_ms} is more than 5 minutes "
+                              f"in the future (server time {now_ms})")
+    if event.channel and event.channel not in catalog.channels:
+        raise InvalidArgument(f"channel: unknown channel {event.channel!r} "
+                              f"(known: {', '.join(catalog.channels)})")
+    if len(event.attributes) > limits.max_context_entries:
+        raise InvalidArgument(f"attributes: {len(event.attributes)} entries, at most "
+                              f"{limits.max_context_entries}")
+    data = {}
+    for name, ftype in event_type.fields.items():
+        v = event.attributes.get(name)
+        if v is None:
+            if name in event_type.required:
+                raise InvalidArgument(f"attributes[{name!r}]: required by event type "
+                                      f"{event.type!r} (a {ftype})")
+            continue
+        got = ("bool" if isinstance(v, bool) else "string" if isinstance(v, str)
+               else "number")
+        if got != ftype:
+            raise InvalidArgument(f"attributes[{name!r}]: expected a {ftype}, got a {got}")
+        if ftype == "number" and not math.isfinite(v):
+            raise InvalidArgument(f"attributes[{name!r}]: must be finite, got {v}")
+        if ftype == "string" and len(v.encode()) > limits.max_string_bytes:
+            raise InvalidArgument(f"attributes[{name!r}]: longer than "
+                                  f"{limits.max_string_bytes} bytes")
+        data[name] = v
+    return ValidEvent(event_type, kind, value, event.event_id.encode(),
+                      event.timestamp_ms or now_ms, data)
+
+
+def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int) -> list[Outcome]:
+    """Apply ``batch`` in one durable write transaction; one Outcome per event."""
+
+    def work(txn) -> list[Outcome]:
+        records: dict[int, ProfileRecord] = {}
+        outcomes = []
+        for ev in batch:
+            if ev.event_id:
+                seen = txn.get(ev.event_id, db=store.events_db)
+                if seen is not None:
+                    outcomes.append(Outcome(msgpack.unpackb(seen)[0], True))
+                    continue
+            key = store.resolve_in(txn, ev.kind, ev.value)
+            record = None if key is None else records.get(key) or store.load(txn, key)
+            if record is None:
+                record = ProfileRecord(key=store.allocate_key(txn),
+                                       features=np.zeros(feature_count, dtype=np.float32),
+                                       identifiers=[(ev.kind, ev.value)],
+                                       created_at_ms=now_ms)
+            event_actions.apply(ev.event_type, record, ev.data, ev.time_ms)
+            record.updated_at_ms = now_ms
+            records[record.key] = record
+            store.save(txn, record)  # later events of the batch see it through the txn
+            if ev.event_id:
+                txn.put(ev.event_id, msgpack.packb([record.key, now_ms]), db=store.events_db)
+            outcomes.append(Outcome(record.key, False))
+        return outcomes
+
+    return store.write(work)
+
+
+class GroupCommitter:
+    """The ingestion writer thread: many callers' events, one commit per batch."""
+
+    def __init__(self, store, feature_count, clock):
+        self._store = store
+        self._feature_count = feature_count
+        self._clock = clock
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="decision-ingest", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[ValidEvent]) -> Future:
+        """Queue events; the future resolves, once they are durable, to one Outcome per
+        event, or the DecisionError that kept that event from being applied."""
+        future: Future = Future()
+        self._queue.put((batch, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            waiting = [item]
+            size = len(item[0])
+            while size < MAX_BATCH:  # drain what queued up meanwhile (group commit)
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                waiting.append(more)
+                size += len(more[0])
+            self._commit(waiting)
+
+    def _commit(self, waiting) -> None:
+        events = [ev for batch, _ in waiting for ev in batch]
+        now_ms = int(self._clock() * 1000)
+        try:
+            results: list = apply_batch(self._store, events, self._feature_count, now_ms)
+        except DecisionError:
+            # one event's problem (a corrupt profile) must not fail the others: apply
+            # them one per transaction and report per event (rare, slow path)
+            results = []
+            for ev in events:
+                try:
+                    results += apply_batch(self._store, [ev], self._feature_count, now_ms)
+                except DecisionError as exc:
+                    results.append(exc)
+        except Exception as exc:  # a bug: nothing was committed, every caller learns it
+            log.exception("ingestion batch of %d events failed", len(events))
+            for _, future in waiting:
+                future.set_exception(exc)
+            return
+        at = 0
+        for batch, future in waiting:
+            future.set_result(results[at:at + len(batch)])
+            at += len(batch)
