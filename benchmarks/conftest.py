@@ -29,11 +29,13 @@ FIGURES: list[dict] = []
 
 
 def record(name: str, figure: str, measured: float, budget: float, unit: str,
-           floor: float | None = None) -> None:
-    """Keep one measured figure for the summary table; the caller asserts the budget."""
+           floor: float | None = None, higher_is_better: bool = False) -> None:
+    """Keep one measured figure for the summary table; the caller asserts the budget
+    (a ceiling, or with ``higher_is_better`` a minimum)."""
+    ok = measured >= budget if higher_is_better else measured <= budget
     FIGURES.append({"benchmark": name, "figure": figure, "measured": measured,
-                    "budget": budget, "unit": unit, "floor": floor,
-                    "ok": measured <= budget})
+                    "budget": budget, "unit": unit, "floor": floor, "ok": ok,
+                    "kind": "min" if higher_is_better else "max"})
 
 
 def percentiles(ns) -> dict[str, float]:
@@ -58,12 +60,13 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("latency budgets (measured in this run)")
-    tr.write_line(f"{'benchmark':34} {'figure':22} {'measured':>12} {'budget':>12} "
+    tr.write_line(f"{'benchmark':34} {'figure':22} {'measured':>12} {'budget':>14} "
                   f"{'floor':>10}  ok")
     for f in FIGURES:
         floor = f"{f['floor']:.1f}" if f["floor"] is not None else "-"
+        bound = "<=" if f["kind"] == "max" else ">="
         tr.write_line(f"{f['benchmark']:34} {f['figure']:22} {f['measured']:>10.2f}{f['unit']:>2} "
-                      f"{f['budget']:>10.2f}{f['unit']:>2} {floor:>10}  "
+                      f"{bound}{f['budget']:>10.2f}{f['unit']:>2} {floor:>10}  "
                       f"{'yes' if f['ok'] else 'NO'}")
     out = Path("bench-out")
     out.mkdir(exist_ok=True)

@@ -98,8 +98,10 @@ def catalog_text(n_offers: int, seed: int = 7, everywhere: bool = False) -> str:
             f"{f} = {w:.3f}" for f, w in zip(OFFER_FEATURES, rng.normal(0, 0.3, 8))) + " }",
         "[model.interactions]",
     ]
+    interactions_end = len(out)
     for f in FEATURES:
         out.append(f"{f} = {_toml_list([round(float(w), 3) for w in rng.normal(0, 0.2, 8)])}")
+    out.insert(interactions_end + len(FEATURES), EVENTS)
     families = list(FAMILIES)
     for i in range(n_offers):
         family = families[i % len(families)]
@@ -137,6 +139,41 @@ def catalog_text(n_offers: int, seed: int = 7, everywhere: bool = False) -> str:
             f'cta = "{rng.choice(["Book now", "See the offer", "Add to my trip", "Learn more"])}"',
         ]
     return "\n".join(out) + "\n"
+
+
+EVENTS = """
+# What customer events do to a profile (decision/events.py)
+[events.page_view]
+fields = { page = "string" }
+do = [
+  { add = "counter.page_views", value = 1 },
+  { set = "counter.last_seen_ms", value = "event.time" },
+  { add = "feature.web_sessions_7d", value = 0.05 },
+]
+[events.add_to_cart]
+fields = { sku = "string", price = "number" }
+do = [
+  { add = "counter.cart_adds", value = 1 },
+  { set = "attribute.last_cart_sku", value = "event.sku" },
+  { add = "feature.cart_abandons_30d", value = 0.1 },
+]
+[events.purchase]
+fields = { amount = "number", sku = "string" }
+do = [
+  { add = "counter.purchases", value = 1 },
+  { add = "counter.revenue", value = "event.amount" },
+  { add = "attribute.lifetime_value", value = "event.amount" },
+  { set = "counter.last_purchase_ms", value = "event.time" },
+  { add = "feature.monetary_30d", value = "event.amount", scale = 0.001 },
+  { set = "feature.recency_days", value = -1.5 },
+]
+[events.seat_change]
+fields = { seat = "string" }
+do = [{ set = "attribute.seat", value = "event.seat" }]
+[events.tier_change]
+fields = { tier = "number" }
+do = [{ set = "attribute.tier", value = "event.tier" }]
+"""
 
 
 def _rule(rng) -> str:

@@ -32,7 +32,9 @@ import numpy as np
 from decision import layout
 from decision.catalog import Catalog, Offer, load_catalog
 from decision.errors import DecisionError, FailedPrecondition, InvalidArgument, NotFound
-from decision.ingest import Event, GroupCommitter, Outcome, ValidEvent, validate
+from decision.ingest import (
+    Event, GroupCommitter, Outcome, TooManyInMessage, ValidEvent, validate,
+)
 from decision.layout import AttributeValue, ProfileRecord
 from decision.rules import string_id
 from decision.settings import Limits, Settings
@@ -441,6 +443,8 @@ class Engine:
         for index, event in enumerate(events):
             received += 1
             try:
+                if isinstance(event, TooManyInMessage):
+                    raise event.error()
                 batch.append(validate(event, catalog, self._identifier,
                                       int(self.clock() * 1000), self.limits))
                 where.append((index, event.event_id))

@@ -14,11 +14,19 @@ from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
 _EMPTY_DECISION = pb.DecideResponse()
+_EMPTY_TRACK = pb.TrackResponse()
 
 
 class EmptyDecisionServicer(pb_grpc.DecisionServiceServicer):
     def Decide(self, request, context):
         return _EMPTY_DECISION
+
+    def Track(self, request, context):
+        return _EMPTY_TRACK
+
+    def TrackStream(self, request_iterator, context):
+        received = sum(len(batch.events) for batch in request_iterator)  # parse them all
+        return pb.TrackSummary(received=received)
 
 
 def create_floor_server(settings: Settings):

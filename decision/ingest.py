@@ -45,6 +45,18 @@ class Event(NamedTuple):
     attributes: dict[str, AttributeValue | None] = {}  # never mutated
 
 
+class TooManyInMessage(NamedTuple):
+    """Stands for an event that came in an over-limit stream message: rejected."""
+
+    count: int
+    limit: int
+    event_id: str = ""
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"events: {self.count} in one message, at most {self.limit} "
+                               "(max_events_per_message)")
+
+
 class Outcome(NamedTuple):
     profile_key: int
     duplicate: bool

@@ -30,7 +30,7 @@ from decision.engine import (
     DecideQuery, Decision, Engine, Identifier, ProfileUpdate,
 )
 from decision.errors import DecisionError
-from decision.ingest import Event
+from decision.ingest import Event, TooManyInMessage
 from decision.layout import ProfileRecord
 from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
@@ -184,7 +184,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     @_rpc
     def TrackStream(self, request_iterator, context) -> pb.TrackSummary:
-        summary = self.engine.track_many(_event(e) for e in request_iterator)
+        limit = self.engine.limits.max_events_per_message
+        summary = self.engine.track_many(
+            _event(e) if len(batch.events) <= limit else
+            TooManyInMessage(len(batch.events), limit)
+            for batch in request_iterator for e in batch.events)
         return pb.TrackSummary(
             received=summary.received, applied=summary.applied,
             duplicates=summary.duplicates,

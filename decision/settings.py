@@ -34,6 +34,7 @@ class Limits:
     max_string_bytes: int = 256  #: identifier values, context keys and string values
     max_attributes: int = 256  #: attributes on one profile (and set by one upsert)
     max_identifiers: int = 32  #: identifiers on one profile (and sent in one upsert)
+    max_events_per_message: int = 5000  #: events in one TrackStream message
     max_message_bytes: int = 4 * 1024 * 1024  #: gRPC message size, both directions
 
     def __post_init__(self) -> None:

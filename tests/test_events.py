@@ -22,6 +22,23 @@ def purchase(who: str, amount: float, event_id: str = "", sku: str = "SKU-1",
                     attributes={"amount": num(amount), "sku": text(sku)})
 
 
+def batches(events, size):
+    return iter([pb.EventBatch(events=events[i:i + size]) for i in range(0, len(events), size)])
+
+
+def test_an_over_limit_stream_message_is_rejected_and_the_rest_applied(stub):
+    big = [purchase("lou", 1.0) for _ in range(5001)]
+    summary = stub.TrackStream(iter([pb.EventBatch(events=[purchase("lou", 2.0)]),
+                                     pb.EventBatch(events=big),
+                                     pb.EventBatch(events=[purchase("lou", 3.0)])]))
+    assert (summary.received, summary.applied) == (5003, 2)
+    assert len(summary.rejected) == 5001
+    assert summary.rejected[0].index == 1
+    assert summary.rejected[0].message.startswith("events: 5001 in one message, at most 5000")
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("lou")))
+    assert got.counters["revenue"] == 5.0
+
+
 def test_track_applies_the_declared_effects_at_once(stub):
     stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("eve")],
                                                features={"recency": 5.0, "monetary": 1.0}))
@@ -61,9 +78,9 @@ def test_duplicate_deliveries_apply_once(stub):
     again = stub.Track(purchase("gus", 10.0, event_id="order-1"))
     assert (first.duplicate, again.duplicate) == (False, True)
     assert again.profile_key == first.profile_key
-    summary = stub.TrackStream(iter([purchase("gus", 10.0, event_id="order-1"),
-                                     purchase("gus", 5.0, event_id="order-2"),
-                                     purchase("gus", 5.0, event_id="order-2")]))
+    summary = stub.TrackStream(iter([pb.EventBatch(events=[
+        purchase("gus", 10.0, event_id="order-1"), purchase("gus", 5.0, event_id="order-2")]),
+        pb.EventBatch(events=[purchase("gus", 5.0, event_id="order-2")])]))
     assert (summary.applied, summary.duplicates) == (1, 2)
     got = stub.GetProfile(pb.GetProfileRequest(customer=ident("gus")))
     assert got.counters["purchases"] == 2 and got.counters["revenue"] == 15.0
@@ -107,7 +124,7 @@ def test_a_stream_applies_the_valid_events_and_reports_the_rest(stub):
             events.append(pb.Event(type="nope", customer=ident("s1"), event_id="bad-type"))
         else:
             events.append(purchase(f"s{i % 10}", 1.0, event_id=f"ev-{i}"))
-    summary = stub.TrackStream(iter(events))
+    summary = stub.TrackStream(batches(events, 64))
     assert summary.received == 3000
     assert [r.index for r in summary.rejected] == [7, 507, 1007, 1234, 1507, 2007, 2507]
     assert summary.rejected[0].message.startswith("attributes['amount']: expected a number")
@@ -168,8 +185,8 @@ def test_acknowledged_events_survive_kill_9(tmp_path):
         server.wait_ready()
         with grpc.insecure_channel(server.address) as ch:
             stub = pb_grpc.DecisionServiceStub(ch)
-            summary = stub.TrackStream(iter([purchase("kim", 1.0, event_id=f"s-{i}")
-                                             for i in range(2000)]))
+            summary = stub.TrackStream(batches([purchase("kim", 1.0, event_id=f"s-{i}")
+                                                for i in range(2000)], 100))
             assert summary.applied == 2000
             counts = [0] * 4
 

@@ -243,6 +243,12 @@ class Event(_message.Message):
     attributes: _containers.MessageMap[str, Value]
     def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., customer: _Optional[_Union[Identifier, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., channel: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
 class TrackResponse(_message.Message):
     __slots__ = ("profile_key", "duplicate")
     PROFILE_KEY_FIELD_NUMBER: _ClassVar[int]

@@ -63,7 +63,7 @@ class DecisionServiceStub:
                 _registered_method=True)
         self.TrackStream = channel.stream_unary(
                 '/decision.v1.DecisionService/TrackStream',
-                request_serializer=decision_dot_v1_dot_decision__pb2.Event.SerializeToString,
+                request_serializer=decision_dot_v1_dot_decision__pb2.EventBatch.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.TrackSummary.FromString,
                 _registered_method=True)
         self.ReloadCatalog = channel.unary_unary(
@@ -125,10 +125,12 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrackStream(self, request_iterator, context):
-        """Record many events (backends, replays). Valid events are applied in order, in
-        batches of durable transactions; an invalid event is skipped and reported in
-        the summary, the rest of the stream is still applied. Every event counted in
-        `applied` or `duplicates` is durable when the summary arrives.
+        """Record many events (backends, replays), sent as batches (up to 5,000 events
+        per message: per-message overhead, not the server, limits one-event messages).
+        Valid events are applied in order, in durable group-committed transactions; an
+        invalid event is skipped and reported in the summary, the rest of the stream is
+        still applied. Every event counted in `applied` or `duplicates` is durable when
+        the summary arrives.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,7 +176,7 @@ def add_DecisionServiceServicer_to_server(servicer, server):
             ),
             'TrackStream': grpc.stream_unary_rpc_method_handler(
                     servicer.TrackStream,
-                    request_deserializer=decision_dot_v1_dot_decision__pb2.Event.FromString,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.EventBatch.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.TrackSummary.SerializeToString,
             ),
             'ReloadCatalog': grpc.unary_unary_rpc_method_handler(
@@ -345,7 +347,7 @@ class DecisionService:
             request_iterator,
             target,
             '/decision.v1.DecisionService/TrackStream',
-            decision_dot_v1_dot_decision__pb2.Event.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.EventBatch.SerializeToString,
             decision_dot_v1_dot_decision__pb2.TrackSummary.FromString,
             options,
             channel_credentials,
