@@ -147,7 +147,7 @@ EVENTS = """
 fields = { page = "string" }
 do = [
   { add = "counter.page_views", value = 1 },
-  { set = "counter.last_seen_ms", value = "event.time" },
+  { set = "attribute.last_seen_ms", value = "event.time" },
   { add = "feature.web_sessions_7d", value = 0.05 },
 ]
 [events.add_to_cart]
@@ -163,7 +163,7 @@ do = [
   { add = "counter.purchases", value = 1 },
   { add = "counter.revenue", value = "event.amount" },
   { add = "attribute.lifetime_value", value = "event.amount" },
-  { set = "counter.last_purchase_ms", value = "event.time" },
+  { set = "attribute.last_purchase_ms", value = "event.time" },
   { add = "feature.monetary_30d", value = "event.amount", scale = 0.001 },
   { set = "feature.recency_days", value = -1.5 },
 ]

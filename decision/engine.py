@@ -38,7 +38,7 @@ from decision.ingest import (
 from decision.layout import AttributeValue, ProfileRecord
 from decision.rules import string_id
 from decision.settings import Limits, Settings
-from decision.store import ProfileStore
+from decision.store import ProfileStore, profile_key_bytes
 from kernels.decide import decide_offers
 
 N_FEATURE_REASONS = 3
@@ -352,8 +352,8 @@ class Engine:
             if len(keys) > 1:
                 raise FailedPrecondition(
                     "identifiers: they belong to different profiles "
-                    f"({', '.join(f'{k:016x}' for k in sorted(keys))}); profiles are merged "
-                    "by the identity API, not by UpsertProfile"
+                    f"({', '.join(f'{k:016x}' for k in sorted(keys))}); merge them with "
+                    "Identify first"
                 )
             record = store.load(txn, keys.pop()) if keys else None
             if record is None:
@@ -382,6 +382,60 @@ class Engine:
             record.updated_at_ms = now_ms
             store.save(txn, record)
             return record
+
+        return store.write(work)
+
+    def identify(self, identifiers: tuple[Identifier, ...]) -> tuple[ProfileRecord, list[int]]:
+        """Make ``identifiers`` one customer: link, and merge the profiles they reveal
+        to be one (see ``merge_profiles``). Returns the profile and the merged keys."""
+        limits = self.limits
+        if not 2 <= len(identifiers) <= limits.max_identifiers:
+            raise InvalidArgument(f"identifiers: between 2 and {limits.max_identifiers} "
+                                  f"are needed, got {len(identifiers)}")
+        idents = [self._identifier(ident, f"identifiers[{n}]")
+                  for n, ident in enumerate(identifiers)]
+        now_ms = int(self.clock() * 1000)
+        store = self.store
+
+        def work(txn):
+            keys = sorted({k for k in (store.resolve_in(txn, *i) for i in idents) if k})
+            records = [r for r in (store.load(txn, k) for k in keys) if r is not None]
+            if not records:
+                records = [ProfileRecord(
+                    key=store.allocate_key(txn), created_at_ms=now_ms,
+                    features=np.zeros(len(self.catalog.feature_names), dtype=np.float32))]
+            survivor = merge_profiles(records)
+            merged = [r.key for r in records if r.key != survivor.key]
+            new = [i for i in idents if i not in survivor.identifiers]
+            if not merged and not new:
+                return survivor, []  # already one customer: idempotent, nothing written
+            survivor.identifiers += new
+            if len(survivor.identifiers) > limits.max_identifiers:
+                raise InvalidArgument(
+                    f"identifiers: the merged profile would hold {len(survivor.identifiers)}, "
+                    f"at most {limits.max_identifiers}")
+            for r in records:
+                if r.key != survivor.key:
+                    txn.delete(profile_key_bytes(r.key), db=store.profiles_db)
+            survivor.updated_at_ms = now_ms
+            store.save(txn, survivor)  # points every identifier at the survivor
+            return survivor, merged
+
+        return store.write(work)
+
+    def forget(self, customer: Identifier) -> tuple[int, int, int]:
+        """Erase the customer's profile, identifiers and event records (right to
+        erasure). Returns (profile key, identifiers removed, event records removed)."""
+        kind, value = self._identifier(customer, "customer")
+        store = self.store
+
+        def work(txn):
+            key = store.resolve_in(txn, kind, value)
+            record = None if key is None else store.load(txn, key)
+            if record is None:
+                raise NotFound(f"customer: no profile for {kind} {value!r}")
+            removed = store.delete_profile(txn, record)
+            return key, removed, store.delete_event_records(txn, key)
 
         return store.write(work)
 
@@ -496,6 +550,32 @@ def _slot_value(v, ftype: str) -> float:
     if ftype == "bool":
         return float(v) if isinstance(v, bool) else _NAN
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _NAN
+
+
+def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
+    """One customer's profiles as one, kept under the oldest profile's key.
+
+    Counters add up; attributes come from every profile, the most recently updated
+    one winning where several have a value; features are the most recently updated
+    profile's; identifiers are united (the survivor's first). The first record of a
+    single-record list is returned as is."""
+    survivor = min(records, key=lambda r: (r.created_at_ms, r.key))
+    if len(records) == 1:
+        return survivor
+    by_recency = sorted(records, key=lambda r: (r.updated_at_ms, r.key))
+    counters: dict[str, float] = {}
+    attributes: dict = {}
+    for r in by_recency:
+        attributes.update(r.attributes)
+        for name, v in r.counters.items():
+            counters[name] = counters.get(name, 0.0) + v
+    identifiers = list(survivor.identifiers)
+    for r in records:
+        identifiers += [i for i in r.identifiers if i not in identifiers]
+    return ProfileRecord(key=survivor.key, features=by_recency[-1].features.copy(),
+                         attributes=attributes, counters=counters, identifiers=identifiers,
+                         created_at_ms=survivor.created_at_ms,
+                         updated_at_ms=by_recency[-1].updated_at_ms)
 
 
 def _check_type(v, ftype: str, where: str) -> None:

@@ -8,7 +8,7 @@ Declared in the catalog file, one table per type::
       { add = "counter.purchases", value = 1 },
       { add = "counter.revenue", value = "event.amount" },
       { set = "attribute.last_sku", value = "event.sku" },
-      { set = "counter.last_purchase_ms", value = "event.time" },
+      { set = "attribute.last_purchase_ms", value = "event.time" },
       { add = "feature.monetary_30d", value = "event.amount", scale = 0.01 },
       { set = "attribute.tier", value = 3 },
     ]
@@ -17,8 +17,9 @@ An action is ``set`` or ``add``, on a target:
 
 - ``attribute.<name>``: a profile attribute (its declared type must match the value;
   ``add`` needs a number);
-- ``counter.<name>``: a number, 0 when absent: event counts, monetary totals, and
-  (with ``set`` from ``event.time``) recency as epoch ms;
+- ``counter.<name>``: a number, 0 when absent, that only ever adds up (event counts,
+  monetary totals), so that merging two profiles can add their counters; a value
+  that is set, such as a last-seen time (``event.time``), is an attribute;
 - ``feature.<name>``: an entry of the profile's float32 feature vector.
 
 A value is a literal (number, string, bool), ``event.<field>`` (a declared field; an
@@ -107,6 +108,9 @@ def _action(spec, where: str, fields: dict, features: dict, attribute_types: dic
     if target not in ("attribute", "counter", "feature") or not _NAME.match(name):
         raise CatalogError(f"{where}: target {target_spec!r} must be attribute.<name>, "
                            "counter.<name> or feature.<name>")
+    if target == "counter" and op == "set":
+        raise CatalogError(f"{where}: counters only add (merged profiles add them up); "
+                           f"set attribute.{name} instead")
     index = -1
     if target == "feature":
         if name not in features:

@@ -196,6 +196,20 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                       for i, eid, m in summary.rejected])
 
     @_rpc
+    def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
+        record, merged = self.engine.identify(tuple(_identifier(i) for i in request.identifiers))
+        return pb.IdentifyResponse(profile=_profile(record, self.engine.catalog.feature_names),
+                                   merged_profile_keys=[f"{k:016x}" for k in merged])
+
+    @_rpc
+    def ForgetCustomer(self, request: pb.ForgetCustomerRequest,
+                       context) -> pb.ForgetCustomerResponse:
+        key, identifiers, events = self.engine.forget(_identifier(request.customer))
+        return pb.ForgetCustomerResponse(profile_key=f"{key:016x}",
+                                         identifiers_removed=identifiers,
+                                         events_removed=events)
+
+    @_rpc
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
         return _catalog_info(self.engine.reload_catalog())
 

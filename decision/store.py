@@ -250,6 +250,26 @@ class ProfileStore:
         for kind, value in record.identifiers:
             txn.put(identity_key(kind, value), profile_key_bytes(record.key), db=self.identity_db)
 
+    def delete_profile(self, txn: lmdb.Transaction, record: ProfileRecord) -> int:
+        """Delete a profile and the identifiers still pointing at it; return how many
+        identifiers were removed (ones re-pointed to another profile are kept)."""
+        txn.delete(profile_key_bytes(record.key), db=self.profiles_db)
+        removed = 0
+        for kind, value in record.identifiers:
+            if self.resolve_in(txn, kind, value) == record.key:
+                txn.delete(identity_key(kind, value), db=self.identity_db)
+                removed += 1
+        return removed
+
+    def delete_event_records(self, txn: lmdb.Transaction, key: int) -> int:
+        """Delete the applied-event records of profile ``key`` (a scan of the events
+        db: erasure is rare, and the records hold no index by profile)."""
+        doomed = [k for k, v in txn.cursor(db=self.events_db)
+                  if msgpack.unpackb(v)[0] == key]
+        for k in doomed:
+            txn.delete(k, db=self.events_db)
+        return len(doomed)
+
     def resolve_in(self, txn: lmdb.Transaction, kind: str, value: str) -> int | None:
         raw = txn.get(identity_key(kind, value), db=self.identity_db)
         return None if raw is None else int.from_bytes(raw, "big")

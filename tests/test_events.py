@@ -49,7 +49,7 @@ def test_track_applies_the_declared_effects_at_once(stub):
     assert got.profile_key == reply.profile_key
     assert got.counters["purchases"] == 2
     assert got.counters["revenue"] == 150.0
-    assert got.counters["last_purchase_ms"] > 1_790_000_000_000  # the second: now
+    assert got.attributes["last_purchase_ms"].number_value > 1_790_000_000_000  # 2nd: now
     assert got.attributes["last_sku"].string_value == "B2"
     assert got.features["monetary"] == pytest.approx(1.0 + 1.5)  # scale 0.01
     assert got.features["recency"] == 0.0

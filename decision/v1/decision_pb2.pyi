@@ -278,3 +278,33 @@ class TrackSummary(_message.Message):
     duplicates: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     def __init__(self, received: _Optional[int] = ..., applied: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class IdentifyRequest(_message.Message):
+    __slots__ = ("identifiers",)
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
+    def __init__(self, identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ...) -> None: ...
+
+class IdentifyResponse(_message.Message):
+    __slots__ = ("profile", "merged_profile_keys")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    MERGED_PROFILE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    profile: Profile
+    merged_profile_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., merged_profile_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetCustomerRequest(_message.Message):
+    __slots__ = ("customer",)
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    customer: Identifier
+    def __init__(self, customer: _Optional[_Union[Identifier, _Mapping]] = ...) -> None: ...
+
+class ForgetCustomerResponse(_message.Message):
+    __slots__ = ("profile_key", "identifiers_removed", "events_removed")
+    PROFILE_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIERS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    profile_key: str
+    identifiers_removed: int
+    events_removed: int
+    def __init__(self, profile_key: _Optional[str] = ..., identifiers_removed: _Optional[int] = ..., events_removed: _Optional[int] = ...) -> None: ...

@@ -66,6 +66,16 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.EventBatch.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.TrackSummary.FromString,
                 _registered_method=True)
+        self.Identify = channel.unary_unary(
+                '/decision.v1.DecisionService/Identify',
+                request_serializer=decision_dot_v1_dot_decision__pb2.IdentifyRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.IdentifyResponse.FromString,
+                _registered_method=True)
+        self.ForgetCustomer = channel.unary_unary(
+                '/decision.v1.DecisionService/ForgetCustomer',
+                request_serializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerResponse.FromString,
+                _registered_method=True)
         self.ReloadCatalog = channel.unary_unary(
                 '/decision.v1.DecisionService/ReloadCatalog',
                 request_serializer=decision_dot_v1_dot_decision__pb2.ReloadCatalogRequest.SerializeToString,
@@ -136,6 +146,29 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Identify(self, request, context):
+        """Declare that these identifiers are one customer (a login links the cookie to
+        the loyalty number, say). Identifiers no profile holds are linked to the
+        customer's profile (created if none holds any). When they reveal that several
+        profiles are one customer, the profiles are merged into the oldest: counters
+        add up, attributes and features come from the most recently updated profile
+        (its values win where both have one), identifiers are united. Idempotent: the
+        same call again changes nothing. Afterwards every identifier reaches the
+        merged profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetCustomer(self, request, context):
+        """Erase a customer (right to erasure): the profile, every identifier linked to
+        it, and the records of events applied to it. NOT_FOUND when no profile holds
+        the identifier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReloadCatalog(self, request, context):
         """Reload the catalog file the server was started with. The new catalog is
         compiled aside and swapped in atomically: requests in flight finish on the old
@@ -178,6 +211,16 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.TrackStream,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.EventBatch.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.TrackSummary.SerializeToString,
+            ),
+            'Identify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Identify,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.IdentifyRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.IdentifyResponse.SerializeToString,
+            ),
+            'ForgetCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetCustomer,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerResponse.SerializeToString,
             ),
             'ReloadCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadCatalog,
@@ -349,6 +392,60 @@ class DecisionService:
             '/decision.v1.DecisionService/TrackStream',
             decision_dot_v1_dot_decision__pb2.EventBatch.SerializeToString,
             decision_dot_v1_dot_decision__pb2.TrackSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Identify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/Identify',
+            decision_dot_v1_dot_decision__pb2.IdentifyRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.IdentifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/ForgetCustomer',
+            decision_dot_v1_dot_decision__pb2.ForgetCustomerRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.ForgetCustomerResponse.FromString,
             options,
             channel_credentials,
             insecure,
