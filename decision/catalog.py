@@ -8,6 +8,7 @@ File layout (every key is documented in README.md, "Catalog reference")::
 
     [profile]
     features = ["recency_days", "orders_90d"]   # the stored float32 feature vector
+    counters = ["purchases", "revenue"]         # what rules may read as counter.<name>
     [profile.attributes]                        # what rules may read as profile.<name>
     tier = "number"
     country = "string"
@@ -20,6 +21,9 @@ File layout (every key is documented in README.md, "Catalog reference")::
     customer_weights = { recency_days = -0.4 }
     offer_weights = { premium = 0.3 }
     interactions = { orders_90d = [0.2, -0.1] } # one weight per offer feature
+
+    [segments]                                  # see decision.segments
+    high_value = "counter.revenue >= 1000"
 
     [events.purchase]                           # see decision.events
     fields = { amount = "number" }
@@ -61,6 +65,7 @@ import numpy as np
 from decision.errors import CatalogError, RuleError
 from decision.events import EventType, parse_event_types
 from decision.rules import Field, FieldTable, ProgramBuilder
+from decision.segments import SegmentSet
 
 MAX_BITS = 63  # channels and placements are bits of an int64 mask
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
@@ -107,9 +112,10 @@ class Catalog:
     offer_value: np.ndarray  # float64[n, 2] value, lever
     weights: np.ndarray  # float32[n, F]
     bias: np.ndarray  # float64[n]
-    profile_fields: tuple[Field, ...]  # fields rules read, to fill per request
+    profile_fields: tuple[Field, ...]  # profile/counter/segment fields offer rules read
     context_fields: dict[str, Field]
     events: dict[str, EventType]  # event types: what each does to a profile
+    segments: SegmentSet
     loaded_at_ms: int
 
     @property
@@ -148,14 +154,23 @@ def load_catalog(path: str | Path) -> Catalog:
 # ------------------------------------------------------------------ compilation
 def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     _only_keys(doc, "catalog", {"version", "channels", "placements", "profile", "context",
-                                "model", "offer", "events"})
+                                "model", "offer", "events", "segments"})
     channels = _names(doc.get("channels"), "channels", required=True)
     placements = _names(doc.get("placements", []), "placements", required=False)
     profile = _table(doc, "profile")
-    _only_keys(profile, "[profile]", {"features", "attributes"})
+    _only_keys(profile, "[profile]", {"features", "attributes", "counters"})
     feature_names = _names(profile.get("features", []), "profile.features", required=False)
+    segment_rules = _table(doc, "segments")
+    for name, rule in segment_rules.items():
+        if not _NAME.match(name) or not isinstance(rule, str):
+            raise CatalogError(f"segments.{name}: a segment is name = \"rule\" (lowercase "
+                               "letters, digits and '_')")
     fields = FieldTable(_types(profile.get("attributes", {}), "profile.attributes"),
-                        _types(doc.get("context", {}), "context"))
+                        _types(doc.get("context", {}), "context"),
+                        counters=_names(profile.get("counters", []), "profile.counters",
+                                        required=False),
+                        segments=tuple(segment_rules))
+    segments = SegmentSet(segment_rules, fields)
     model = _Model.parse(_table(doc, "model"), feature_names)
     events = parse_event_types(doc.get("events", {}), feature_names,
                                _types(profile.get("attributes", {}), "profile.attributes"))
@@ -204,9 +219,9 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         offers=tuple(offers), fields=fields, feature_names=feature_names,
         code=code, programs=programs, consts=consts, offer_masks=offer_masks,
         offer_window=offer_window, offer_value=offer_value, weights=weights, bias=bias,
-        profile_fields=tuple(f for f in used if f.namespace == "profile"),
+        profile_fields=tuple(f for f in used if f.namespace != "context"),
         context_fields={f.name: f for f in used if f.namespace == "context"},
-        events=events, loaded_at_ms=int(time.time() * 1000),
+        events=events, segments=segments, loaded_at_ms=int(time.time() * 1000),
     )
 
 

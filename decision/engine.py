@@ -37,6 +37,8 @@ from decision.ingest import (
 )
 from decision.layout import AttributeValue, ProfileRecord
 from decision.rules import string_id
+from decision.segments import refresh as refresh_segments
+from decision.segments import slot_value
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, profile_key_bytes
 from kernels.decide import decide_offers
@@ -149,7 +151,8 @@ class _Prepared:
         self.n_features = zero.shape[0]
         self.n_slots = catalog.fields.size
         self.context_types = {f.name: f.type for f in catalog.fields.of("context")}
-        self.profile_slots = tuple((f.name, f.slot, f.type) for f in catalog.profile_fields)
+        self.profile_slots = tuple((f.namespace, f.name, f.slot, f.type)
+                                   for f in catalog.profile_fields)
 
 
 class Engine:
@@ -168,7 +171,8 @@ class Engine:
         self._active = self._prepare(load_catalog(settings.catalog_path))
         self._unreachable: str | None = None
         self.store.publish_catalog(self.catalog.version)
-        self._ingest = GroupCommitter(self.store, len(self.catalog.feature_names), clock)
+        self._ingest = GroupCommitter(self.store, len(self.catalog.feature_names), clock,
+                                      lambda: self.catalog.segments)
 
     def close(self) -> None:
         """Finish queued events, then close the store."""
@@ -234,6 +238,7 @@ class Engine:
         self._warm(self._active)
 
     def _warm(self, prepared: _Prepared) -> None:
+        prepared.catalog.segments.evaluate(ProfileRecord(key=0, features=prepared.zero_features))
         channel = prepared.catalog.channels[0]
         self._decide(prepared, DecideQuery(Identifier("customer_id", "\x00warm-up"), channel))
 
@@ -269,11 +274,8 @@ class Engine:
                 n_features = layout.check_head(buf, key, active.n_features)
                 x = layout.feature_view(buf, n_features)
                 if active.profile_slots:
-                    attrs = layout.decode_tail(buf, n_features, key)["a"]
-                    for name, slot, ftype in active.profile_slots:
-                        v = attrs.get(name)
-                        if v is not None:
-                            slots[slot] = _slot_value(v, ftype)
+                    _fill_profile_slots(active.profile_slots,
+                                        layout.decode_tail(buf, n_features, key), slots)
             chosen, score, prop, eligible, r_feature, r_weight = decide_offers(
                 catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
                 catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
@@ -346,6 +348,7 @@ class Engine:
         features = self._checked_features(update.features)
         now_ms = int(self.clock() * 1000)
         store = self.store
+        segments = self.catalog.segments
 
         def work(txn) -> ProfileRecord:
             keys = {k for k in (store.resolve_in(txn, kind, v) for kind, v in idents) if k}
@@ -379,6 +382,7 @@ class Engine:
                 raise InvalidArgument(
                     f"attributes: the profile would hold {len(record.attributes)}, at most "
                     f"{limits.max_attributes}")
+            refresh_segments(segments, record)
             record.updated_at_ms = now_ms
             store.save(txn, record)
             return record
@@ -396,6 +400,7 @@ class Engine:
                   for n, ident in enumerate(identifiers)]
         now_ms = int(self.clock() * 1000)
         store = self.store
+        segments = self.catalog.segments
 
         def work(txn):
             keys = sorted({k for k in (store.resolve_in(txn, *i) for i in idents) if k})
@@ -417,6 +422,7 @@ class Engine:
             for r in records:
                 if r.key != survivor.key:
                     txn.delete(profile_key_bytes(r.key), db=store.profiles_db)
+            refresh_segments(segments, survivor)
             survivor.updated_at_ms = now_ms
             store.save(txn, survivor)  # points every identifier at the survivor
             return survivor, merged
@@ -542,14 +548,16 @@ def _unknown_placement(catalog: Catalog, placement: str):
         f"(known: {', '.join(catalog.placements) or 'none declared'})")
 
 
-def _slot_value(v, ftype: str) -> float:
-    """A stored attribute as a rule slot value; a value of another type than the
-    catalog declares (stored before it was declared) reads as missing."""
-    if ftype == "string":
-        return string_id(v) if isinstance(v, str) else _NAN
-    if ftype == "bool":
-        return float(v) if isinstance(v, bool) else _NAN
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _NAN
+def _fill_profile_slots(profile_slots, tail: dict, slots: np.ndarray) -> None:
+    """The rule slots read from a stored profile: attributes, counters, segments."""
+    attributes, counters, segments = tail["a"], tail["c"], tail["s"]
+    for namespace, name, slot, ftype in profile_slots:
+        if namespace == "profile":
+            slots[slot] = slot_value(attributes.get(name), ftype)
+        elif namespace == "counter":
+            slots[slot] = slot_value(counters.get(name, 0.0), "number")
+        else:
+            slots[slot] = 1.0 if name in segments else 0.0
 
 
 def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:

@@ -29,6 +29,8 @@ from decision import events as event_actions
 from decision.catalog import Catalog
 from decision.errors import DecisionError, InvalidArgument
 from decision.layout import AttributeValue, ProfileRecord
+from decision.segments import SegmentSet
+from decision.segments import refresh as refresh_segments
 
 log = logging.getLogger("decision.ingest")
 
@@ -115,8 +117,10 @@ def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) ->
                       event.timestamp_ms or now_ms, data)
 
 
-def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int) -> list[Outcome]:
-    """Apply ``batch`` in one durable write transaction; one Outcome per event."""
+def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
+                segments: SegmentSet) -> list[Outcome]:
+    """Apply ``batch`` in one durable write transaction; one Outcome per event. Each
+    event's profile has its segments re-evaluated after the event's effects."""
 
     def work(txn) -> list[Outcome]:
         records: dict[int, ProfileRecord] = {}
@@ -135,6 +139,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int)
                                        identifiers=[(ev.kind, ev.value)],
                                        created_at_ms=now_ms)
             event_actions.apply(ev.event_type, record, ev.data, ev.time_ms)
+            refresh_segments(segments, record)
             record.updated_at_ms = now_ms
             records[record.key] = record
             store.save(txn, record)  # later events of the batch see it through the txn
@@ -149,8 +154,10 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int)
 class GroupCommitter:
     """The ingestion writer thread: many callers' events, one commit per batch."""
 
-    def __init__(self, store, feature_count, clock):
+    def __init__(self, store, feature_count, clock, segments):
+        """``segments()`` gives the active catalog's SegmentSet at each commit."""
         self._store = store
+        self._segments = segments
         self._feature_count = feature_count
         self._clock = clock
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -191,14 +198,17 @@ class GroupCommitter:
         events = [ev for batch, _ in waiting for ev in batch]
         now_ms = int(self._clock() * 1000)
         try:
-            results: list = apply_batch(self._store, events, self._feature_count, now_ms)
+            segments = self._segments()
+            results: list = apply_batch(self._store, events, self._feature_count, now_ms,
+                                        segments)
         except DecisionError:
             # one event's problem (a corrupt profile) must not fail the others: apply
             # them one per transaction and report per event (rare, slow path)
             results = []
             for ev in events:
                 try:
-                    results += apply_batch(self._store, [ev], self._feature_count, now_ms)
+                    results += apply_batch(self._store, [ev], self._feature_count, now_ms,
+                                           segments)
                 except DecisionError as exc:
                     results.append(exc)
         except Exception as exc:  # a bug: nothing was committed, every caller learns it

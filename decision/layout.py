@@ -13,6 +13,7 @@ A profile value is a fixed binary head the kernels read in place, then msgpack::
     16+4F   ...   msgpack map: {"a": attributes {name: str|float|bool},
                                 "c": counters {name: float},
                                 "i": identifiers [[kind, value], ...],
+                                "s": segments the profile belongs to [name, ...],
                                 "t": created_at_ms}
 
 The head is 16 bytes so the feature vector is 4-byte aligned relative to the value;
@@ -48,6 +49,7 @@ class ProfileRecord:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     identifiers: list[tuple[str, str]] = field(default_factory=list)
+    segments: list[str] = field(default_factory=list)
     created_at_ms: int = 0
     updated_at_ms: int = 0
 
@@ -57,7 +59,8 @@ def encode(record: ProfileRecord) -> bytes:
     head = HEAD.pack(MAGIC, LAYOUT_VERSION, 0, features.shape[0], 0, record.updated_at_ms)
     tail = msgpack.packb(
         {"a": record.attributes, "c": record.counters,
-         "i": [list(i) for i in record.identifiers], "t": record.created_at_ms},
+         "i": [list(i) for i in record.identifiers], "s": record.segments,
+         "t": record.created_at_ms},
         use_bin_type=True,
     )
     return head + features.tobytes() + tail
@@ -87,7 +90,7 @@ def feature_view(buf, n_features: int) -> np.ndarray:
     return np.frombuffer(buf, dtype="<f4", count=n_features, offset=HEAD_SIZE)
 
 
-_TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "t": int}
+_TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "s": list, "t": int}
 
 
 def decode_tail(buf, n_features: int, key: int) -> dict:
@@ -119,6 +122,7 @@ def decode(buf, key: int) -> ProfileRecord:
         attributes=tail["a"],
         counters=tail["c"],
         identifiers=[(k, v) for k, v in identifiers],
+        segments=[str(name) for name in tail["s"]],
         created_at_ms=tail["t"],
         updated_at_ms=HEAD.unpack_from(buf)[5],
     )

@@ -8,8 +8,10 @@ The language is a small, safe subset of Python expression syntax::
     1 <= profile.tier < 3
 
 - fields: ``profile.<attribute>`` and ``context.<key>``, declared with a type in the
-  catalog's schema (``number``, ``string`` or ``bool``); an undeclared field is an
-  error at load time, never at request time;
+  catalog's schema (``number``, ``string`` or ``bool``), ``counter.<name>`` (numbers,
+  declared in ``[profile] counters``; 0 when the profile has none yet) and
+  ``segment.<name>`` (true when the profile is in the segment); an undeclared field is
+  an error at load time, never at request time;
 - literals: numbers, "strings", ``true``/``false`` (or ``True``/``False``);
 - operators: ``and or not``, ``== != < <= > >=`` (chains allowed), ``in`` and
   ``not in`` a list of literals, ``+ - * /`` and unary ``-`` on numbers;
@@ -35,7 +37,7 @@ from kernels import eligibility as vm
 
 FieldType = Literal["number", "string", "bool"]
 FIELD_TYPES: tuple[FieldType, ...] = ("number", "string", "bool")
-NAMESPACES = ("profile", "context")
+NAMESPACES = ("profile", "context", "counter", "segment")
 _MASK52 = (1 << 52) - 1
 
 
@@ -59,9 +61,12 @@ class Field:
 class FieldTable:
     """The fields rules may read, each with its slot in the per-request vector."""
 
-    def __init__(self, profile: dict[str, FieldType], context: dict[str, FieldType]):
+    def __init__(self, profile: dict[str, FieldType], context: dict[str, FieldType],
+                 counters: tuple[str, ...] = (), segments: tuple[str, ...] = ()):
         fields: dict[tuple[str, str], Field] = {}
-        for namespace, declared in (("profile", profile), ("context", context)):
+        for namespace, declared in (("profile", profile), ("context", context),
+                                    ("counter", {c: "number" for c in counters}),
+                                    ("segment", {s: "bool" for s in segments})):
             for name, ftype in declared.items():
                 if ftype not in FIELD_TYPES:
                     raise RuleError(
@@ -86,10 +91,14 @@ class FieldTable:
 
 
 class ProgramBuilder:
-    """Accumulates the programs of many rules into one code and constant array."""
+    """Accumulates the programs of many rules into one code and constant array.
 
-    def __init__(self, fields: FieldTable):
+    ``namespaces`` are the ones its rules may read (segment rules, evaluated without
+    a request, may not read ``context`` nor other segments)."""
+
+    def __init__(self, fields: FieldTable, namespaces: tuple[str, ...] = NAMESPACES):
         self.fields = fields
+        self.namespaces = namespaces
         self.code: list[tuple[int, int, int]] = []
         self.consts: list[float] = []
         self.used: set[Field] = set()
@@ -225,7 +234,8 @@ class _Compiler:
             return self.emit_compare(node)
         if isinstance(node, ast.Name):
             raise self.fail(
-                node, f"unknown name '{node.id}' (fields are profile.<name> or context.<name>)"
+                node, f"unknown name '{node.id}' (fields are profile.<name>, context.<name>, "
+                      "counter.<name> or segment.<name>)"
             )
         raise self.fail(node, f"unsupported expression ({type(node).__name__})")
 
@@ -236,8 +246,12 @@ class _Compiler:
 
     def emit_field(self, node: ast.Attribute) -> FieldType:
         if not isinstance(node.value, ast.Name) or node.value.id not in NAMESPACES:
-            raise self.fail(node, "fields are written profile.<name> or context.<name>")
+            raise self.fail(node, "fields are written profile.<name>, context.<name>, "
+                                  "counter.<name> or segment.<name>")
         namespace, name = node.value.id, node.attr
+        if namespace not in self.b.namespaces:
+            raise self.fail(node, f"{namespace}.<name> cannot be read here (allowed: "
+                                  f"{', '.join(self.b.namespaces)})")
         field = self.b.fields.get(namespace, name)
         if field is None:
             known = ", ".join(self.b.fields.names(namespace)) or "none declared"

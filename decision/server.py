@@ -105,7 +105,8 @@ def _profile(p: ProfileRecord, feature_names: tuple[str, ...]) -> pb.Profile:
         identifiers=[pb.Identifier(kind=k, value=v) for k, v in p.identifiers],
         attributes={k: _to_value(v) for k, v in p.attributes.items()},
         features={n: float(v) for n, v in zip(feature_names, p.features.tolist())},
-        counters=p.counters, created_at_ms=p.created_at_ms, updated_at_ms=p.updated_at_ms,
+        counters=p.counters, segments=p.segments, created_at_ms=p.created_at_ms,
+        updated_at_ms=p.updated_at_ms,
     )
 
 

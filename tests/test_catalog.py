@@ -19,10 +19,10 @@ def test_offers_are_sorted_and_compiled():
     catalog = load_catalog(TEST_CATALOG)
     ids = [o.id for o in catalog.offers]
     assert ids == sorted(ids)
-    assert catalog.weights.shape == (6, 4) and catalog.weights.dtype.name == "float32"
-    assert catalog.programs.shape == (6, 2)
+    assert catalog.weights.shape == (7, 4) and catalog.weights.dtype.name == "float32"
+    assert catalog.programs.shape == (7, 2)
     # only the fields some rule reads are filled per request
-    assert {f.name for f in catalog.profile_fields} == {"tier", "country", "vip"}
+    assert {f.name for f in catalog.profile_fields} == {"tier", "country", "vip", "high_value"}
     assert set(catalog.context_fields) == {"country", "basket"}
 
 
@@ -63,7 +63,7 @@ def test_bad_catalog_is_rejected_with_offer_and_reason(tmp_path, change, message
 
 def test_list_offers(stub):
     everything = stub.ListOffers(pb.ListOffersRequest())
-    assert len(everything.offers) == 6
+    assert len(everything.offers) == 7
     assert everything.catalog_version.startswith("test@")
     kiosk = stub.ListOffers(pb.ListOffersRequest(channel="kiosk"))
     assert {o.offer_id for o in kiosk.offers} == {"gold-upgrade", "lounge-pass", "expired-promo",
@@ -88,7 +88,7 @@ channels = ["email"]
 value = 500.0
 """)
     info = stub.ReloadCatalog(pb.ReloadCatalogRequest())
-    assert info.version.startswith("test2@") and info.offer_count == 7
+    assert info.version.startswith("test2@") and info.offer_count == 8
     after = stub.Decide(ask)
     assert after.catalog_version == info.version != before.catalog_version
     assert after.offers[0].offer_id == "aaa-new"

@@ -394,8 +394,8 @@ def test_rule_must_be_a_bool(rule, kind):
     ("profile.tier[0] > 1", "unsupported expression (Subscript)"),
     ("profile.vip if true else false", "unsupported expression (IfExp)"),
     ("[true][0]", "unsupported expression (Subscript)"),
-    ("profile.a.b", "fields are written profile.<name> or context.<name>"),
-    ("profile.country.upper == 'FR'", "fields are written profile.<name> or context.<name>"),
+    ("profile.a.b", "fields are written profile.<name>, context.<name>, "),
+    ("profile.country.upper == 'FR'", "fields are written profile.<name>, context.<name>, "),
     ("profile.tier ** 2 > 1", "unsupported operator"),
     ("profile.tier % 2 == 1", "unsupported operator"),
     ("profile.tier // 2 == 1", "unsupported operator"),
@@ -414,9 +414,9 @@ def test_unsupported_construct(rule, fragment):
 
 
 @pytest.mark.parametrize(("rule", "fragment"), [
-    ("user.tier > 1", "fields are written profile.<name> or context.<name>"),
-    ("request.device == 'web'", "fields are written profile.<name> or context.<name>"),
-    ("Profile.tier > 1", "fields are written profile.<name> or context.<name>"),
+    ("user.tier > 1", "fields are written profile.<name>, context.<name>, "),
+    ("request.device == 'web'", "fields are written profile.<name>, context.<name>, "),
+    ("Profile.tier > 1", "fields are written profile.<name>, context.<name>, "),
     ("tier > 1", "unknown name 'tier'"),
     ("null", "unknown name 'null'"),
     ("TRUE", "unknown name 'TRUE'"),

@@ -100,7 +100,7 @@ class GetProfileRequest(_message.Message):
     def __init__(self, customer: _Optional[_Union[Identifier, _Mapping]] = ...) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ("profile_key", "identifiers", "attributes", "features", "counters", "created_at_ms", "updated_at_ms")
+    __slots__ = ("profile_key", "identifiers", "attributes", "features", "counters", "created_at_ms", "updated_at_ms", "segments")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class Profile(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     profile_key: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     attributes: _containers.MessageMap[str, Value]
@@ -136,7 +137,8 @@ class Profile(_message.Message):
     counters: _containers.ScalarMap[str, float]
     created_at_ms: int
     updated_at_ms: int
-    def __init__(self, profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., features: _Optional[_Mapping[str, float]] = ..., counters: _Optional[_Mapping[str, float]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., features: _Optional[_Mapping[str, float]] = ..., counters: _Optional[_Mapping[str, float]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., segments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertProfileRequest(_message.Message):
     __slots__ = ("identifiers", "attributes", "features")

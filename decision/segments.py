@@ -1,0 +1,91 @@
+"""Segments: named rules over a profile, kept up to date on the profile itself.
+
+Declared in the catalog, in the rule language of offer eligibility::
+
+    [segments]
+    high_value = "counter.revenue >= 1000 or profile.tier >= 3"
+    app_user   = "profile.has_app"
+
+A segment rule reads ``profile.<attribute>`` and ``counter.<name>`` (there is no request
+context when a profile changes). Every write to a profile (an event, an upsert, a
+merge) re-evaluates all segments with the rule VM kernel and stores the membership
+on the profile; offers target members with ``segment.<name>`` at no cost per request,
+and a change of membership is what triggers journeys (``decision.triggers``).
+After a catalog reload, a profile's stored membership follows the new definitions at
+its next write.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from decision.errors import RuleError
+from decision.layout import ProfileRecord
+from decision.rules import FieldTable, ProgramBuilder, string_id
+from kernels.eligibility import eligible_mask
+
+_NAN = math.nan
+
+
+class SegmentSet:
+    """The compiled segments of one catalog version (immutable)."""
+
+    def __init__(self, definitions: dict[str, str], fields: FieldTable):
+        self.names = tuple(definitions)
+        builder = ProgramBuilder(fields, namespaces=("profile", "counter"))
+        programs = []
+        for name, text in definitions.items():
+            try:
+                programs.append(builder.add(text))
+            except RuleError as exc:
+                raise RuleError(f"segment '{name}': {exc}") from None
+        self.code, self.consts = builder.arrays()
+        n = len(self.names)
+        self.programs = np.array(programs, dtype=np.int32).reshape(n, 2)
+        self.masks = np.ones((n, 2), dtype=np.int64)  # every channel, any placement
+        self.masks[:, 1] = 0
+        self.window = np.tile([-np.inf, np.inf], (n, 1))
+        self.n_slots = fields.size
+        self.inputs = tuple(sorted(((f.namespace, f.name, f.slot, f.type) for f in builder.used),
+                                   key=lambda t: t[2]))
+        for array in (self.code, self.consts, self.programs, self.masks, self.window):
+            array.flags.writeable = False
+
+    def evaluate(self, record: ProfileRecord) -> list[str]:
+        """The segments ``record`` belongs to, in declaration order."""
+        if not self.names:
+            return []
+        slots = np.full(self.n_slots, _NAN)
+        for namespace, name, slot, ftype in self.inputs:
+            if namespace == "counter":
+                v = record.counters.get(name, 0.0)
+                slots[slot] = float(v) if isinstance(v, (int, float)) else _NAN
+            else:
+                slots[slot] = slot_value(record.attributes.get(name), ftype)
+        member = eligible_mask(self.code, self.programs, self.consts, slots, self.masks,
+                               self.window, 1, 0, 0.0)
+        return [name for name, m in zip(self.names, member.tolist()) if m]
+
+
+def refresh(segments: SegmentSet, record: ProfileRecord) -> tuple[list[str], list[str]]:
+    """Re-evaluate ``record``'s segments in place; return (entered, left)."""
+    now = segments.evaluate(record)
+    before = record.segments
+    entered = [name for name in now if name not in before]
+    left = [name for name in before if name not in now]
+    record.segments = now
+    return entered, left
+
+
+def slot_value(v, ftype: str) -> float:
+    """A stored attribute as a rule slot value; a missing value, or one of another type
+    than the catalog declares (stored before it was declared), reads as missing."""
+    if v is None:
+        return _NAN
+    if ftype == "string":
+        return string_id(v) if isinstance(v, str) else _NAN
+    if ftype == "bool":
+        return float(v) if isinstance(v, bool) else _NAN
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _NAN
