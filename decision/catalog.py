@@ -25,6 +25,10 @@ File layout (every key is documented in README.md, "Catalog reference")::
     [segments]                                  # see decision.segments
     high_value = "counter.revenue >= 1000"
 
+    [triggers.cart_reminder]                    # see decision.triggers
+    event = "add_to_cart"
+    when = "not segment.high_value"
+
     [events.purchase]                           # see decision.events
     fields = { amount = "number" }
     do = [{ add = "counter.revenue", value = "event.amount" }]
@@ -66,6 +70,7 @@ from decision.errors import CatalogError, RuleError
 from decision.events import EventType, parse_event_types
 from decision.rules import Field, FieldTable, ProgramBuilder
 from decision.segments import SegmentSet
+from decision.triggers import TriggerSet
 
 MAX_BITS = 63  # channels and placements are bits of an int64 mask
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
@@ -116,6 +121,7 @@ class Catalog:
     context_fields: dict[str, Field]
     events: dict[str, EventType]  # event types: what each does to a profile
     segments: SegmentSet
+    triggers: TriggerSet
     loaded_at_ms: int
 
     @property
@@ -154,7 +160,7 @@ def load_catalog(path: str | Path) -> Catalog:
 # ------------------------------------------------------------------ compilation
 def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     _only_keys(doc, "catalog", {"version", "channels", "placements", "profile", "context",
-                                "model", "offer", "events", "segments"})
+                                "model", "offer", "events", "segments", "triggers"})
     channels = _names(doc.get("channels"), "channels", required=True)
     placements = _names(doc.get("placements", []), "placements", required=False)
     profile = _table(doc, "profile")
@@ -174,6 +180,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     model = _Model.parse(_table(doc, "model"), feature_names)
     events = parse_event_types(doc.get("events", {}), feature_names,
                                _types(profile.get("attributes", {}), "profile.attributes"))
+    triggers = TriggerSet(doc.get("triggers", {}), events, fields)
 
     raw_offers = doc.get("offer", [])
     if not isinstance(raw_offers, list) or not raw_offers:
@@ -221,7 +228,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         offer_window=offer_window, offer_value=offer_value, weights=weights, bias=bias,
         profile_fields=tuple(f for f in used if f.namespace != "context"),
         context_fields={f.name: f for f in used if f.namespace == "context"},
-        events=events, segments=segments, loaded_at_ms=int(time.time() * 1000),
+        events=events, segments=segments, triggers=triggers, loaded_at_ms=int(time.time() * 1000),
     )
 
 

@@ -39,6 +39,7 @@ from decision.layout import AttributeValue, ProfileRecord
 from decision.rules import string_id
 from decision.segments import refresh as refresh_segments
 from decision.segments import slot_value
+from decision.triggers import record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, profile_key_bytes
 from kernels.decide import decide_offers
@@ -172,7 +173,7 @@ class Engine:
         self._unreachable: str | None = None
         self.store.publish_catalog(self.catalog.version)
         self._ingest = GroupCommitter(self.store, len(self.catalog.feature_names), clock,
-                                      lambda: self.catalog.segments)
+                                      lambda: self.catalog)
 
     def close(self) -> None:
         """Finish queued events, then close the store."""
@@ -382,7 +383,8 @@ class Engine:
                 raise InvalidArgument(
                     f"attributes: the profile would hold {len(record.attributes)}, at most "
                     f"{limits.max_attributes}")
-            refresh_segments(segments, record)
+            entered, left = refresh_segments(segments, record)
+            record_changes(store, txn, record, entered, left, now_ms)
             record.updated_at_ms = now_ms
             store.save(txn, record)
             return record
@@ -422,7 +424,8 @@ class Engine:
             for r in records:
                 if r.key != survivor.key:
                     txn.delete(profile_key_bytes(r.key), db=store.profiles_db)
-            refresh_segments(segments, survivor)
+            entered, left = refresh_segments(segments, survivor)
+            record_changes(store, txn, survivor, entered, left, now_ms)
             survivor.updated_at_ms = now_ms
             store.save(txn, survivor)  # points every identifier at the survivor
             return survivor, merged
@@ -582,6 +585,7 @@ def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
         identifiers += [i for i in r.identifiers if i not in identifiers]
     return ProfileRecord(key=survivor.key, features=by_recency[-1].features.copy(),
                          attributes=attributes, counters=counters, identifiers=identifiers,
+                         segments=list(survivor.segments),  # changes become triggers
                          created_at_ms=survivor.created_at_ms,
                          updated_at_ms=by_recency[-1].updated_at_ms)
 

@@ -29,8 +29,8 @@ from decision import events as event_actions
 from decision.catalog import Catalog
 from decision.errors import DecisionError, InvalidArgument
 from decision.layout import AttributeValue, ProfileRecord
-from decision.segments import SegmentSet
 from decision.segments import refresh as refresh_segments
+from decision.triggers import record_changes
 
 log = logging.getLogger("decision.ingest")
 
@@ -118,9 +118,11 @@ def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) ->
 
 
 def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
-                segments: SegmentSet) -> list[Outcome]:
-    """Apply ``batch`` in one durable write transaction; one Outcome per event. Each
-    event's profile has its segments re-evaluated after the event's effects."""
+                catalog: Catalog) -> list[Outcome]:
+    """Apply ``batch`` in one durable write transaction; one Outcome per event. After
+    each event's effects, its profile's segments are re-evaluated, and the segment
+    changes and the event triggers it fires are appended to the trigger log, in the
+    same transaction."""
 
     def work(txn) -> list[Outcome]:
         records: dict[int, ProfileRecord] = {}
@@ -139,7 +141,11 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
                                        identifiers=[(ev.kind, ev.value)],
                                        created_at_ms=now_ms)
             event_actions.apply(ev.event_type, record, ev.data, ev.time_ms)
-            refresh_segments(segments, record)
+            entered, left = refresh_segments(catalog.segments, record)
+            fired = catalog.triggers.fired(ev.event_type.name, record)
+            if entered or left or fired:
+                record_changes(store, txn, record, entered, left, now_ms, fired,
+                               ev.event_id.decode())
             record.updated_at_ms = now_ms
             records[record.key] = record
             store.save(txn, record)  # later events of the batch see it through the txn
@@ -154,10 +160,10 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
 class GroupCommitter:
     """The ingestion writer thread: many callers' events, one commit per batch."""
 
-    def __init__(self, store, feature_count, clock, segments):
-        """``segments()`` gives the active catalog's SegmentSet at each commit."""
+    def __init__(self, store, feature_count, clock, catalog):
+        """``catalog()`` gives the active catalog at each commit."""
         self._store = store
-        self._segments = segments
+        self._catalog = catalog
         self._feature_count = feature_count
         self._clock = clock
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -198,9 +204,9 @@ class GroupCommitter:
         events = [ev for batch, _ in waiting for ev in batch]
         now_ms = int(self._clock() * 1000)
         try:
-            segments = self._segments()
+            catalog = self._catalog()
             results: list = apply_batch(self._store, events, self._feature_count, now_ms,
-                                        segments)
+                                        catalog)
         except DecisionError:
             # one event's problem (a corrupt profile) must not fail the others: apply
             # them one per transaction and report per event (rare, slow path)
@@ -208,7 +214,7 @@ class GroupCommitter:
             for ev in events:
                 try:
                     results += apply_batch(self._store, [ev], self._feature_count, now_ms,
-                                           segments)
+                                           catalog)
                 except DecisionError as exc:
                     results.append(exc)
         except Exception as exc:  # a bug: nothing was committed, every caller learns it

@@ -29,18 +29,21 @@ from kernels.eligibility import eligible_mask
 _NAN = math.nan
 
 
-class SegmentSet:
-    """The compiled segments of one catalog version (immutable)."""
+class RuleSet:
+    """Named rules over a stored profile (no request context), compiled once per
+    catalog version and evaluated together by the rule VM kernel: segment
+    definitions, trigger conditions."""
 
-    def __init__(self, definitions: dict[str, str], fields: FieldTable):
+    def __init__(self, definitions: dict[str, str], fields: FieldTable, what: str,
+                 namespaces: tuple[str, ...] = ("profile", "counter")):
         self.names = tuple(definitions)
-        builder = ProgramBuilder(fields, namespaces=("profile", "counter"))
+        builder = ProgramBuilder(fields, namespaces=namespaces)
         programs = []
         for name, text in definitions.items():
             try:
                 programs.append(builder.add(text))
             except RuleError as exc:
-                raise RuleError(f"segment '{name}': {exc}") from None
+                raise RuleError(f"{what} '{name}': {exc}") from None
         self.code, self.consts = builder.arrays()
         n = len(self.names)
         self.programs = np.array(programs, dtype=np.int32).reshape(n, 2)
@@ -54,19 +57,27 @@ class SegmentSet:
             array.flags.writeable = False
 
     def evaluate(self, record: ProfileRecord) -> list[str]:
-        """The segments ``record`` belongs to, in declaration order."""
+        """The names of the rules that hold for ``record``, in declaration order."""
         if not self.names:
             return []
         slots = np.full(self.n_slots, _NAN)
         for namespace, name, slot, ftype in self.inputs:
             if namespace == "counter":
-                v = record.counters.get(name, 0.0)
-                slots[slot] = float(v) if isinstance(v, (int, float)) else _NAN
+                slots[slot] = slot_value(record.counters.get(name, 0.0), "number")
+            elif namespace == "segment":
+                slots[slot] = 1.0 if name in record.segments else 0.0
             else:
                 slots[slot] = slot_value(record.attributes.get(name), ftype)
         member = eligible_mask(self.code, self.programs, self.consts, slots, self.masks,
                                self.window, 1, 0, 0.0)
         return [name for name, m in zip(self.names, member.tolist()) if m]
+
+
+class SegmentSet(RuleSet):
+    """The compiled segments of one catalog version (immutable)."""
+
+    def __init__(self, definitions: dict[str, str], fields: FieldTable):
+        super().__init__(definitions, fields, "segment")
 
 
 def refresh(segments: SegmentSet, record: ProfileRecord) -> tuple[list[str], list[str]]:

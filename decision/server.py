@@ -35,6 +35,7 @@ from decision.layout import ProfileRecord
 from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+from decision.triggers import decode as decode_trigger
 from decision.wire import OfferEncodings, encode_decision
 
 log = logging.getLogger("decision.server")
@@ -210,6 +211,25 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                                          identifiers_removed=identifiers,
                                          events_removed=events)
 
+    def WatchTriggers(self, request: pb.WatchTriggersRequest, context):
+        """Replay the trigger log from the cursor, then follow it until cancelled.
+
+        Each subscriber holds one handler thread while connected (see --threads)."""
+        cursor = max(1, request.from_cursor)
+        store = self.engine.store
+        while context.is_active():
+            batch = store.triggers_from(cursor, TRIGGER_BATCH)
+            for position, value in batch:
+                t = decode_trigger(position, value)
+                yield pb.Trigger(cursor=t.cursor, kind=t.kind, name=t.name,
+                                 profile_key=f"{t.profile_key:016x}",
+                                 identifiers=[pb.Identifier(kind=k, value=v)
+                                              for k, v in t.identifiers],
+                                 at_ms=t.at_ms, event_id=t.event_id)
+                cursor = position + 1
+            if not batch:  # woken by a commit here; another process's is seen by polling
+                store.wait_for_commit(TRIGGER_POLL_S)
+
     @_rpc
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
         return _catalog_info(self.engine.reload_catalog())
@@ -224,6 +244,7 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
         request_cls = getattr(pb, method.input_type.name)
         reply_cls = getattr(pb, method.output_type.name)
         make = (grpc.stream_unary_rpc_method_handler if method.client_streaming
+                else grpc.unary_stream_rpc_method_handler if method.server_streaming
                 else grpc.unary_unary_rpc_method_handler)
         handlers[method.name] = make(
             getattr(servicer, method.name),
@@ -250,6 +271,8 @@ def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
 
 
 CATALOG_SYNC_SECONDS = 1.0
+TRIGGER_BATCH = 256  # log entries read per transaction by a watcher
+TRIGGER_POLL_S = 0.005  # how often a watcher looks for other processes' triggers
 
 
 @dataclass

@@ -9,10 +9,12 @@ db             key                              value
 ``identity``   ``kind \\x1f value`` (UTF-8)      profile key (8 bytes)
 ``events``     event_id (UTF-8)                 msgpack [profile key, applied at ms]:
                                                 the ids of applied events (dedupe)
+``triggers``   cursor, uint64 big-endian         msgpack trigger (``decision.triggers``)
 ``meta``       ASCII name                       ``schema``: msgpack {"layout", "features"};
                                                 ``next_key``: uint64 big-endian;
                                                 ``catalog_version``: UTF-8, the catalog
-                                                every process should serve
+                                                every process should serve;
+                                                ``next_trigger``: uint64 big-endian
 =============  ===============================  =====================================
 
 Readers never wait for writers (LMDB's MVCC); writers from every process serialise on
@@ -152,6 +154,8 @@ class ProfileStore:
         self.identity_db = self.env.open_db(b"identity", create=not readonly)
         self.meta_db = self.env.open_db(b"meta", create=not readonly)
         self.events_db = self.env.open_db(b"events", create=not readonly)
+        self.triggers_db = self.env.open_db(b"triggers", create=not readonly)
+        self.committed = threading.Condition()  # notified after every write commit
 
     def close(self) -> None:
         self.env.close()
@@ -171,7 +175,10 @@ class ProfileStore:
             try:
                 seen = self.env.info()["map_size"]
                 with self.env.begin(write=True) as txn:
-                    return work(txn)
+                    result = work(txn)
+                with self.committed:  # wake in-process watchers (trigger log readers)
+                    self.committed.notify_all()
+                return result
             except lmdb.MapFullError:
                 resize = functools.partial(self._grow, seen)
             except lmdb.MapResizedError:
@@ -262,13 +269,46 @@ class ProfileStore:
         return removed
 
     def delete_event_records(self, txn: lmdb.Transaction, key: int) -> int:
-        """Delete the applied-event records of profile ``key`` (a scan of the events
-        db: erasure is rare, and the records hold no index by profile)."""
-        doomed = [k for k, v in txn.cursor(db=self.events_db)
-                  if msgpack.unpackb(v)[0] == key]
+        """Delete the applied-event and trigger records of profile ``key``; return how
+        many event records went (scans: erasure is rare, and neither log is indexed by
+        profile)."""
+        events = self._delete_where(txn, self.events_db, 0, key)
+        self._delete_where(txn, self.triggers_db, 2, key)
+        return events
+
+    @staticmethod
+    def _delete_where(txn: lmdb.Transaction, db, position: int, key: int) -> int:
+        """Delete the entries of ``db`` whose msgpack list holds ``key`` at ``position``."""
+        doomed = [k for k, v in txn.cursor(db=db) if msgpack.unpackb(v)[position] == key]
         for k in doomed:
-            txn.delete(k, db=self.events_db)
+            txn.delete(k, db=db)
         return len(doomed)
+
+    # ------------------------------------------------------------- trigger log
+    def append_trigger(self, txn: lmdb.Transaction, value: bytes) -> int:
+        raw = txn.get(b"next_trigger", db=self.meta_db)
+        cursor = 1 if raw is None else int.from_bytes(raw, "big")
+        txn.put(b"next_trigger", profile_key_bytes(cursor + 1), db=self.meta_db)
+        txn.put(profile_key_bytes(cursor), value, db=self.triggers_db)
+        return cursor
+
+    def triggers_from(self, cursor: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (cursor, value) log entries from ``cursor`` on, in order."""
+        out = []
+        with self.reader() as r:
+            c = r._txn.cursor(db=self.triggers_db)
+            if c.set_range(profile_key_bytes(cursor)):
+                for k, v in c:
+                    out.append((int.from_bytes(k, "big"), bytes(v)))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def wait_for_commit(self, timeout: float) -> None:
+        """Sleep until this process commits a write, or ``timeout`` (writes by other
+        processes are only seen by looking again: callers poll with a short timeout)."""
+        with self.committed:
+            self.committed.wait(timeout)
 
     def resolve_in(self, txn: lmdb.Transaction, kind: str, value: str) -> int | None:
         raw = txn.get(identity_key(kind, value), db=self.identity_db)

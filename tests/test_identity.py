@@ -108,11 +108,13 @@ def test_forget_customer_leaves_nothing_readable(stub, running):
     stub.Identify(pb.IdentifyRequest(identifiers=alias[1:]))
     for i in range(5):
         stub.Track(pb.Event(type="purchase", customer=alias[2], event_id=f"order-forget-me-{i}",
-                            attributes={"amount": num(9.0), "sku": text("SKU-Secret")}))
+                            attributes={"amount": num(30.0), "sku": text("SKU-Secret")}))
     stub.Track(pb.Event(type="page_view", customer=ident("bystander"),
                         event_id="bystander-1", attributes={"page": text("home")}))
+    assert list(profile(stub, alias[0]).segments) == ["high_value"]  # a trigger was logged
     before = _everything_stored(running.engine.store.env)
     assert b"Zebulon-Secret" in before and b"order-forget-me-3" in before
+    assert before.count(b"LOYAL-forget-me") >= 2  # identity db + the trigger record
 
     reply = stub.ForgetCustomer(pb.ForgetCustomerRequest(customer=alias[1]))
     assert (reply.identifiers_removed, reply.events_removed) == (3, 5)

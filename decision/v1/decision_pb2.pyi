@@ -310,3 +310,27 @@ class ForgetCustomerResponse(_message.Message):
     identifiers_removed: int
     events_removed: int
     def __init__(self, profile_key: _Optional[str] = ..., identifiers_removed: _Optional[int] = ..., events_removed: _Optional[int] = ...) -> None: ...
+
+class WatchTriggersRequest(_message.Message):
+    __slots__ = ("from_cursor",)
+    FROM_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    from_cursor: int
+    def __init__(self, from_cursor: _Optional[int] = ...) -> None: ...
+
+class Trigger(_message.Message):
+    __slots__ = ("cursor", "kind", "name", "profile_key", "identifiers", "at_ms", "event_id")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    kind: str
+    name: str
+    profile_key: str
+    identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
+    at_ms: int
+    event_id: str
+    def __init__(self, cursor: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., at_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...

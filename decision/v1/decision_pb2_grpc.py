@@ -76,6 +76,11 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerResponse.FromString,
                 _registered_method=True)
+        self.WatchTriggers = channel.unary_stream(
+                '/decision.v1.DecisionService/WatchTriggers',
+                request_serializer=decision_dot_v1_dot_decision__pb2.WatchTriggersRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.Trigger.FromString,
+                _registered_method=True)
         self.ReloadCatalog = channel.unary_unary(
                 '/decision.v1.DecisionService/ReloadCatalog',
                 request_serializer=decision_dot_v1_dot_decision__pb2.ReloadCatalogRequest.SerializeToString,
@@ -169,6 +174,17 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTriggers(self, request, context):
+        """Follow the trigger log: segment changes (a purchase makes a customer high
+        value) and configured event patterns (an add-to-cart), for journey and
+        messaging systems. Replays every trigger from `from_cursor` on, in order, then
+        streams new ones as they are committed, until the client cancels. Delivery is at
+        least once: a subscriber that reconnects with its last cursor + 1 loses nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReloadCatalog(self, request, context):
         """Reload the catalog file the server was started with. The new catalog is
         compiled aside and swapped in atomically: requests in flight finish on the old
@@ -221,6 +237,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ForgetCustomer,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.ForgetCustomerResponse.SerializeToString,
+            ),
+            'WatchTriggers': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTriggers,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.WatchTriggersRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.Trigger.SerializeToString,
             ),
             'ReloadCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadCatalog,
@@ -446,6 +467,33 @@ class DecisionService:
             '/decision.v1.DecisionService/ForgetCustomer',
             decision_dot_v1_dot_decision__pb2.ForgetCustomerRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.ForgetCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTriggers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/decision.v1.DecisionService/WatchTriggers',
+            decision_dot_v1_dot_decision__pb2.WatchTriggersRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.Trigger.FromString,
             options,
             channel_credentials,
             insecure,

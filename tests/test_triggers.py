@@ -1,0 +1,145 @@
+"""Triggers: segment changes and event patterns, in a durable log, watched live."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from decision.catalog import load_catalog
+from decision.errors import CatalogError
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+from tests.conftest import TEST_CATALOG, ServerProcess, free_port, ident, num, text
+
+
+class Watcher:
+    """A WatchTriggers subscriber collecting triggers on a background thread."""
+
+    def __init__(self, stub, from_cursor: int = 0):
+        self.got: list[pb.Trigger] = []
+        self.call = stub.WatchTriggers(pb.WatchTriggersRequest(from_cursor=from_cursor))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for trigger in self.call:
+                self.got.append(trigger)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.CANCELLED
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[pb.Trigger]:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < n:
+            assert time.monotonic() < deadline, f"only {len(self.got)} of {n} triggers"
+            time.sleep(0.005)
+        return self.got
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(timeout=10)
+
+
+def buy(who, amount, event_id=""):
+    return pb.Event(type="purchase", customer=who, event_id=event_id,
+                    attributes={"amount": num(amount), "sku": text("S")})
+
+
+def cart(who):
+    return pb.Event(type="add_to_cart", customer=who, attributes={"sku": text("S")})
+
+
+def summary(triggers):
+    return [(t.kind, t.name, t.profile_key) for t in triggers]
+
+
+def test_a_purchase_that_makes_a_customer_high_value_is_delivered_live(stub):
+    watcher = Watcher(stub)
+    try:
+        who = ident("tara")
+        key = stub.Track(cart(who)).profile_key  # not high value: reminder journey
+        stub.Track(buy(who, 150.0, event_id="order-77"))  # now high value
+        stub.Track(cart(who))  # high value: no reminder
+        got = watcher.wait_for(2)
+        time.sleep(0.1)
+        assert summary(got) == [("event", "cart_reminder", key),
+                                ("segment_enter", "high_value", key)]
+        assert got[1].event_id == "order-77"
+        assert [(i.kind, i.value) for i in got[1].identifiers] == [("customer_id", "tara")]
+        assert got[1].cursor == got[0].cursor + 1
+    finally:
+        watcher.close()
+
+
+def test_segment_leave_and_triggers_from_upserts(stub):
+    who = ident("uma")
+    for _ in range(3):
+        stub.Track(pb.Event(type="page_view", customer=who, attributes={"page": text("p")}))
+    stub.Track(buy(who, 5.0))  # no longer a mere browser
+    stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[who], attributes={"tier": num(3)}))
+    got = Watcher(stub).wait_for(3)
+    assert [(t.kind, t.name) for t in got] == [("segment_enter", "browser"),
+                                               ("segment_leave", "browser"),
+                                               ("segment_enter", "high_value")]
+
+
+def test_replay_from_a_cursor_and_reconnect_without_loss(stub):
+    whos = [ident(f"r{i}") for i in range(6)]
+    for who in whos[:3]:
+        stub.Track(buy(who, 200.0))
+    first = Watcher(stub)
+    seen = first.wait_for(3)[:3]
+    first.close()
+    for who in whos[3:]:  # while nobody is watching
+        stub.Track(buy(who, 200.0))
+    resumed = Watcher(stub, from_cursor=seen[-1].cursor + 1)
+    rest = resumed.wait_for(3)
+    time.sleep(0.1)
+    resumed.close()
+    cursors = [t.cursor for t in seen + rest]
+    assert cursors == list(range(cursors[0], cursors[0] + 6))  # in order, no gap, no dup
+    keys = [stub.GetProfile(pb.GetProfileRequest(customer=w)).profile_key for w in whos]
+    assert [t.profile_key for t in seen + rest] == keys
+
+    replay = Watcher(stub, from_cursor=seen[1].cursor)  # any point of the log
+    assert [t.cursor for t in replay.wait_for(5)] == cursors[1:]
+    replay.close()
+
+
+def test_a_trigger_committed_by_another_process_reaches_the_watcher(tmp_path):
+    a = ServerProcess(tmp_path / "store", TEST_CATALOG, free_port())
+    b = ServerProcess(tmp_path / "store", TEST_CATALOG, free_port())
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        with grpc.insecure_channel(a.address) as ch_a, grpc.insecure_channel(b.address) as ch_b:
+            watcher = Watcher(pb_grpc.DecisionServiceStub(ch_b))
+            try:
+                stub_a = pb_grpc.DecisionServiceStub(ch_a)
+                started = time.monotonic()
+                stub_a.Track(buy(ident("vic"), 500.0))
+                got = watcher.wait_for(1)
+                assert (got[0].kind, got[0].name) == ("segment_enter", "high_value")
+                assert time.monotonic() - started < 2
+            finally:
+                watcher.close()
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[triggers.x]\nevent = "refund"\n', "triggers.x.event: unknown event type 'refund'"),
+    ('[triggers.x]\nevent = "add_to_cart"\nwhen = "context.device == 1"\n',
+     "trigger 'x': rule `context.device == 1` at column 1: context.<name> cannot be read"),
+    ('[triggers.x]\nevent = "add_to_cart"\nafter = "5m"\n', "triggers.x: unknown key 'after'"),
+])
+def test_bad_trigger_configuration_is_rejected_at_load(tmp_path, table, message):
+    path = tmp_path / "c.toml"
+    path.write_text(TEST_CATALOG.read_text() + "\n" + table)
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    assert message in str(err.value)
