@@ -81,6 +81,7 @@ def catalog_text(n_offers: int, seed: int = 7, everywhere: bool = False) -> str:
         "",
         "[profile]",
         f"features = {_toml_list(FEATURES)}",
+        'counters = ["page_views", "cart_adds", "purchases", "revenue"]',
         "[profile.attributes]",
         'tier = "number"\ncountry = "string"\nvip = "bool"\nage = "number"',
         'language = "string"\nhas_app = "bool"\nlifetime_value = "number"',
@@ -173,6 +174,17 @@ do = [{ set = "attribute.seat", value = "event.seat" }]
 [events.tier_change]
 fields = { tier = "number" }
 do = [{ set = "attribute.tier", value = "event.tier" }]
+
+# Segments: kept on every profile, usable in offer rules as segment.<name>
+[segments]
+high_value = "counter.revenue >= 500 or profile.lifetime_value >= 2000"
+frequent_buyer = "counter.purchases >= 3"
+window_shopper = "counter.page_views >= 10 and counter.purchases == 0"
+
+# Triggers: streamed to journey systems by WatchTriggers (with segment enter/leave)
+[triggers.cart_reminder]
+event = "add_to_cart"
+when = "not segment.high_value"
 """
 
 
