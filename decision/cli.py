@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from decision.errors import DecisionError
-from decision.settings import Limits, Settings
+from decision.settings import DEFAULT_IDENTIFIER_KINDS, Limits, Settings
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -24,6 +24,7 @@ def _settings(args, data_dir: Path, catalog: Path) -> Settings:
     return Settings(
         data_dir=data_dir, catalog_path=catalog, address=args.address, workers=args.workers,
         threads=args.threads, map_size=args.map_size << 20, durable=not args.nosync,
+        identifier_kinds=tuple(k.strip() for k in args.identifier_kinds.split(",") if k.strip()),
         limits=Limits(max_offers=args.max_offers, default_offers=min(5, args.max_offers)),
     )
 
@@ -37,6 +38,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
                    help="gRPC handler threads per process (default %(default)s)")
     p.add_argument("--map-size", type=int, default=1024, metavar="MIB",
                    help="initial LMDB map size in MiB; it doubles when full (default %(default)s)")
+    p.add_argument("--identifier-kinds", default=",".join(DEFAULT_IDENTIFIER_KINDS),
+                   metavar="KIND,KIND", help="the kinds of customer identifiers accepted "
+                   "(default %(default)s)")
     p.add_argument("--nosync", action="store_true",
                    help="commit without fsync: faster writes; a killed process loses "
                         "nothing, a machine crash can lose the last commits")

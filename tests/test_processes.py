@@ -160,6 +160,7 @@ def test_serve_refuses_a_bad_catalog_at_start(tmp_path, workers):
     (["--workers", "0"], "workers must be >= 1"),
     (["--address", "nowhere"], "address must be host:port"),
     (["--workers", "2", "--address", "127.0.0.1:0"], "workers > 1 need a fixed port"),
+    (["--identifier-kinds", "cookie,Bad Kind"], "identifier kind 'Bad Kind' must be"),
 ])
 def test_serve_refuses_bad_settings(tmp_path, args, message):
     out = subprocess.run(
@@ -183,3 +184,21 @@ def test_a_reload_reaches_every_process_sharing_the_store(tmp_path):
         while stub_b.Decide(ask).catalog_version != new:
             assert time.monotonic() < deadline, "process b never followed the reload"
             time.sleep(0.1)
+
+
+def test_identifier_kinds_are_configurable(tmp_path):
+    server = ServerProcess(tmp_path / "store", TEST_CATALOG, free_port(),
+                           "--identifier-kinds", "customer_id,crm_id")
+    try:
+        server.wait_ready()
+        channel, stub = _stub(server.address)
+        with channel:
+            stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("C-1", "crm_id")]))
+            assert stub.GetProfile(pb.GetProfileRequest(
+                customer=ident("C-1", "crm_id"))).identifiers[0].kind == "crm_id"
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Decide(pb.DecideRequest(customer=ident("x", "cookie"), channel="web"))
+            assert "unknown identifier kind 'cookie' (known: crm_id, customer_id)" in \
+                err.value.details()
+    finally:
+        server.stop()
