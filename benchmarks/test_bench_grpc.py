@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import grpc
-import numpy as np
 
 from benchmarks.conftest import ci_slack, percentiles, record
 from decision.v1 import decision_pb2 as pb

@@ -12,7 +12,6 @@ import threading
 import time
 
 import grpc
-import numpy as np
 
 from benchmarks.conftest import ci_slack, percentiles, record
 from decision.demo import customer_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -127,3 +128,20 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.log.read_text()
+
+
+@contextlib.contextmanager
+def two_servers(store: Path, catalog: Path):
+    """Two ``decision serve`` processes on one store: yields their stubs."""
+    servers = [ServerProcess(store, catalog, free_port()) for _ in range(2)]
+    channels = []
+    try:
+        for server in servers:
+            server.wait_ready()
+        channels = [grpc.insecure_channel(server.address) for server in servers]
+        yield [pb_grpc.DecisionServiceStub(channel) for channel in channels]
+    finally:
+        for channel in channels:
+            channel.close()
+        for server in servers:
+            server.stop()

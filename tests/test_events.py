@@ -12,7 +12,7 @@ import pytest
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
-from tests.conftest import TEST_CATALOG, ServerProcess, free_port, ident, num, text
+from tests.conftest import TEST_CATALOG, ServerProcess, free_port, ident, num, text, two_servers
 
 
 def purchase(who: str, amount: float, event_id: str = "", sku: str = "SKU-1",
@@ -151,29 +151,20 @@ def test_concurrent_tracks_share_commits_and_lose_nothing(stub):
 
 
 def test_the_other_process_sees_the_event_at_once(tmp_path):
-    a = ServerProcess(tmp_path / "store", TEST_CATALOG, free_port())
-    b = ServerProcess(tmp_path / "store", TEST_CATALOG, free_port())
-    try:
-        a.wait_ready()
-        b.wait_ready()
-        with grpc.insecure_channel(a.address) as ch_a, grpc.insecure_channel(b.address) as ch_b:
-            stub_a, stub_b = pb_grpc.DecisionServiceStub(ch_a), pb_grpc.DecisionServiceStub(ch_b)
-            stub_a.UpsertProfile(pb.UpsertProfileRequest(
-                identifiers=[ident("ivy")], attributes={"country": text("FR"), "tier": num(0)}))
-            ask = pb.DecideRequest(customer=ident("ivy"), channel="kiosk",
-                                   context={"country": text("FR")})
-            for step in range(5):
-                stub_a.Track(pb.Event(type="seat_change", customer=ident("ivy"),
-                                      attributes={"seat": text(f"{step + 1}A")}))
-                # the kiosk (process b) sees the seat on its very next request
-                seat = stub_b.GetProfile(pb.GetProfileRequest(customer=ident("ivy")))
-                assert seat.attributes["seat"].string_value == f"{step + 1}A"
-            stub_a.Track(pb.Event(type="tier_change", customer=ident("ivy"),
-                                  attributes={"tier": num(3)}))
-            assert stub_b.Decide(ask).offers[0].offer_id == "gold-upgrade"
-    finally:
-        a.stop()
-        b.stop()
+    with two_servers(tmp_path / "store", TEST_CATALOG) as (stub_a, stub_b):
+        stub_a.UpsertProfile(pb.UpsertProfileRequest(
+            identifiers=[ident("ivy")], attributes={"country": text("FR"), "tier": num(0)}))
+        ask = pb.DecideRequest(customer=ident("ivy"), channel="kiosk",
+                               context={"country": text("FR")})
+        for step in range(5):
+            stub_a.Track(pb.Event(type="seat_change", customer=ident("ivy"),
+                                  attributes={"seat": text(f"{step + 1}A")}))
+            # the kiosk (process b) sees the seat on its very next request
+            seat = stub_b.GetProfile(pb.GetProfileRequest(customer=ident("ivy")))
+            assert seat.attributes["seat"].string_value == f"{step + 1}A"
+        stub_a.Track(pb.Event(type="tier_change", customer=ident("ivy"),
+                              attributes={"tier": num(3)}))
+        assert stub_b.Decide(ask).offers[0].offer_id == "gold-upgrade"
 
 
 def test_acknowledged_events_survive_kill_9(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -14,30 +13,12 @@ import pytest
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
-from tests.conftest import TEST_CATALOG, ServerProcess, free_port, ident, num, text
+from tests.conftest import TEST_CATALOG, ServerProcess, free_port, ident, num, text, two_servers
 
 
 def _stub(address: str):
     channel = grpc.insecure_channel(address)
     return channel, pb_grpc.DecisionServiceStub(channel)
-
-
-@contextlib.contextmanager
-def two_servers(store, catalog):
-    """Two ``decision serve`` processes on one store: yields their stubs."""
-    servers = [ServerProcess(store, catalog, free_port()) for _ in range(2)]
-    try:
-        for server in servers:
-            server.wait_ready()
-        channels = [_stub(server.address) for server in servers]
-        try:
-            yield [stub for _, stub in channels]
-        finally:
-            for channel, _ in channels:
-                channel.close()
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_two_processes_share_one_store(tmp_path):

@@ -11,8 +11,7 @@ import pytest
 from decision.catalog import load_catalog
 from decision.errors import CatalogError
 from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
-from tests.conftest import TEST_CATALOG, ServerProcess, free_port, ident, num, text
+from tests.conftest import TEST_CATALOG, ident, num, text, two_servers
 
 
 class Watcher:
@@ -110,25 +109,16 @@ def test_replay_from_a_cursor_and_reconnect_without_loss(stub):
 
 
 def test_a_trigger_committed_by_another_process_reaches_the_watcher(tmp_path):
-    a = ServerProcess(tmp_path / "store", TEST_CATALOG, free_port())
-    b = ServerProcess(tmp_path / "store", TEST_CATALOG, free_port())
-    try:
-        a.wait_ready()
-        b.wait_ready()
-        with grpc.insecure_channel(a.address) as ch_a, grpc.insecure_channel(b.address) as ch_b:
-            watcher = Watcher(pb_grpc.DecisionServiceStub(ch_b))
-            try:
-                stub_a = pb_grpc.DecisionServiceStub(ch_a)
-                started = time.monotonic()
-                stub_a.Track(buy(ident("vic"), 500.0))
-                got = watcher.wait_for(1)
-                assert (got[0].kind, got[0].name) == ("segment_enter", "high_value")
-                assert time.monotonic() - started < 2
-            finally:
-                watcher.close()
-    finally:
-        a.stop()
-        b.stop()
+    with two_servers(tmp_path / "store", TEST_CATALOG) as (stub_a, stub_b):
+        watcher = Watcher(stub_b)
+        try:
+            started = time.monotonic()
+            stub_a.Track(buy(ident("vic"), 500.0))
+            got = watcher.wait_for(1)
+            assert (got[0].kind, got[0].name) == ("segment_enter", "high_value")
+            assert time.monotonic() - started < 2
+        finally:
+            watcher.close()
 
 
 @pytest.mark.parametrize("table, message", [
