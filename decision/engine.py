@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+import collections
 from concurrent.futures import Future
 from typing import Callable, Iterable, Mapping, NamedTuple
 
@@ -121,11 +122,40 @@ class Decision:
 COLD_START = Reason("COLD_START", "no profile: the model's prior")
 
 
+MAX_CHUNKS_IN_FLIGHT = 8
+MAX_REPORTED_REJECTIONS = 1000
+
+
 class TrackSummary(NamedTuple):
     received: int
     applied: int
     duplicates: int
-    rejected: tuple[tuple[int, str, str], ...]  # (index, event_id, message)
+    rejected: tuple[tuple[int, str, str], ...]  # (index, event_id, message), the first
+    rejected_count: int
+
+
+class _StreamTally:
+    """Counts of one TrackStream as its chunks settle."""
+
+    def __init__(self) -> None:
+        self.received = self.applied = self.duplicates = self.rejected_count = 0
+        self.rejected: list[tuple[int, str, str]] = []
+
+    def reject(self, index: int, event_id: str, exc: BaseException) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REPORTED_REJECTIONS:
+            message = (str(exc) if isinstance(exc, DecisionError)
+                       else "internal error (details in the server log)")
+            self.rejected.append((index, event_id, message))
+
+    def settle(self, where: list[tuple[int, str]], future: Future) -> None:
+        for (index, event_id), result in zip(where, future.result()):
+            if isinstance(result, BaseException):
+                self.reject(index, event_id, result)
+            elif result.duplicate:
+                self.duplicates += 1
+            else:
+                self.applied += 1
 
 
 class ProfileUpdate(NamedTuple):
@@ -488,23 +518,25 @@ class Engine:
         valid = validate(event, self.catalog, self._identifier, int(self.clock() * 1000),
                          self.limits)
         [result] = self._ingest.submit([valid]).result()
-        if isinstance(result, DecisionError):
+        if isinstance(result, BaseException):
             raise result
         return result
 
     def track_many(self, events: Iterable[Event], chunk: int = 512) -> TrackSummary:
         """Apply a stream of events in order; invalid ones are skipped and reported.
 
-        Chunks are handed to the writer as they fill, without waiting, so reading the
-        stream overlaps with committing it; the summary comes once all are durable."""
+        Chunks go to the writer as they fill, so reading the stream overlaps with
+        committing it; at most ``MAX_CHUNKS_IN_FLIGHT`` wait at a time (memory stays
+        bounded however long the stream), and at most ``MAX_REPORTED_REJECTIONS``
+        rejections are listed (all are counted). The summary comes once all are
+        durable."""
         catalog = self.catalog
-        pending: list[tuple[list[tuple[int, str]], Future]] = []
-        rejected: list[tuple[int, str, str]] = []
+        summary = _StreamTally()
+        pending: collections.deque = collections.deque()
         batch: list[ValidEvent] = []
         where: list[tuple[int, str]] = []
-        received = 0
         for index, event in enumerate(events):
-            received += 1
+            summary.received += 1
             try:
                 if isinstance(event, TooManyInMessage):
                     raise event.error()
@@ -512,23 +544,18 @@ class Engine:
                                       int(self.clock() * 1000), self.limits))
                 where.append((index, event.event_id))
             except DecisionError as exc:
-                rejected.append((index, event.event_id, str(exc)))
+                summary.reject(index, event.event_id, exc)
             if len(batch) >= chunk:
                 pending.append((where, self._ingest.submit(batch)))
                 batch, where = [], []
+                if len(pending) >= MAX_CHUNKS_IN_FLIGHT:
+                    summary.settle(*pending.popleft())
         if batch:
             pending.append((where, self._ingest.submit(batch)))
-        applied = duplicates = 0
-        for where, future in pending:
-            for (index, event_id), result in zip(where, future.result()):
-                if isinstance(result, DecisionError):
-                    rejected.append((index, event_id, str(result)))
-                elif result.duplicate:
-                    duplicates += 1
-                else:
-                    applied += 1
-        rejected.sort()
-        return TrackSummary(received, applied, duplicates, tuple(rejected))
+        while pending:
+            summary.settle(*pending.popleft())
+        return TrackSummary(summary.received, summary.applied, summary.duplicates,
+                            tuple(sorted(summary.rejected)), summary.rejected_count)
 
     def list_offers(self, channel: str = "", placement: str = "") -> tuple[Catalog, list[Offer]]:
         """The active catalog and its offers for a channel/placement (one snapshot)."""

@@ -32,6 +32,12 @@ class FailedPrecondition(DecisionError):
     status = "FAILED_PRECONDITION"
 
 
+class Unavailable(DecisionError):
+    """The server cannot take the request right now (shutting down); retry."""
+
+    status = "UNAVAILABLE"
+
+
 class CatalogError(InvalidArgument):
     """The catalog file cannot be loaded; the message names the offer and the reason."""
 

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from decision.errors import CatalogError
+from decision.errors import CatalogError, InvalidArgument
 from decision.layout import AttributeValue, ProfileRecord
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -151,7 +151,11 @@ def _action(spec, where: str, fields: dict, features: dict, attribute_types: dic
 
 
 def apply(event_type: EventType, record: ProfileRecord, data: dict, time_ms: int) -> None:
-    """Apply the type's actions to ``record`` in place (``data`` already validated)."""
+    """Apply the type's actions to ``record`` in place (``data`` already validated).
+
+    Raises InvalidArgument, leaving the caller to discard ``record``, when a number
+    would stop being finite (a total that overflows: float64 for counters, float32
+    for features)."""
     for a in event_type.actions:
         if a.source == "const":
             v = a.value
@@ -163,12 +167,25 @@ def apply(event_type: EventType, record: ProfileRecord, data: dict, time_ms: int
             v = v * a.scale
         if a.target == "feature":
             x = record.features
-            x[a.index] = v if a.op == "set" else x[a.index] + v
+            with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                new = np.float32(v if a.op == "set" else x[a.index] + v)
+            _finite(new, a, event_type)
+            x[a.index] = new
         else:
             bag = record.attributes if a.target == "attribute" else record.counters
             if a.op == "set":
-                bag[a.name] = v
+                new = v
             else:
                 current = bag.get(a.name, 0.0)
-                bag[a.name] = (current if isinstance(current, (int, float))
-                               and not isinstance(current, bool) else 0.0) + v
+                new = (current if isinstance(current, (int, float))
+                       and not isinstance(current, bool) else 0.0) + v
+            if isinstance(new, float):
+                _finite(new, a, event_type)
+            bag[a.name] = new
+
+
+def _finite(value, action: Action, event_type: EventType) -> None:
+    if not np.isfinite(value):
+        raise InvalidArgument(
+            f"attributes: event type {event_type.name!r} would make {action.target}."
+            f"{action.name} {value} (not a finite number); the event was not applied")

@@ -8,7 +8,8 @@ sharing one commit, not from weakening it: an acknowledged event is on disk.
 
 Inside a batch, events apply in arrival order; several events of one customer load
 the profile once and save it once. An event with an ``event_id`` already recorded in
-the ``events`` sub-db is acknowledged as a duplicate and changes nothing; the id is
+the ``events`` sub-db (per customer identifier) is acknowledged as a duplicate and
+changes nothing; the id is
 recorded in the same transaction as the event's effects, so a crash can never apply
 an event without recording it, or the reverse.
 """
@@ -27,9 +28,10 @@ import numpy as np
 
 from decision import events as event_actions
 from decision.catalog import Catalog
-from decision.errors import DecisionError, InvalidArgument
+from decision.errors import DecisionError, InvalidArgument, Unavailable
 from decision.layout import AttributeValue, ProfileRecord
 from decision.segments import refresh as refresh_segments
+from decision.store import identity_key
 from decision.triggers import record_changes
 
 log = logging.getLogger("decision.ingest")
@@ -71,6 +73,12 @@ class ValidEvent(NamedTuple):
     event_id: bytes
     time_ms: int
     data: dict
+
+    @property
+    def dedupe_key(self) -> bytes:
+        """Event ids are unique per customer identifier: the same id sent for two
+        customers is two events, and a retry (same identifier) is a duplicate."""
+        return self.event_id + b"\x1f" + identity_key(self.kind, self.value)
 
 
 def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) -> ValidEvent:
@@ -129,7 +137,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
         outcomes = []
         for ev in batch:
             if ev.event_id:
-                seen = txn.get(ev.event_id, db=store.events_db)
+                seen = txn.get(ev.dedupe_key, db=store.events_db)
                 if seen is not None:
                     outcomes.append(Outcome(msgpack.unpackb(seen)[0], True))
                     continue
@@ -150,7 +158,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
             records[record.key] = record
             store.save(txn, record)  # later events of the batch see it through the txn
             if ev.event_id:
-                txn.put(ev.event_id, msgpack.packb([record.key, now_ms]), db=store.events_db)
+                txn.put(ev.dedupe_key, msgpack.packb([record.key, now_ms]), db=store.events_db)
             outcomes.append(Outcome(record.key, False))
         return outcomes
 
@@ -158,7 +166,10 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
 
 
 class GroupCommitter:
-    """The ingestion writer thread: many callers' events, one commit per batch."""
+    """The ingestion writer thread: many callers' events, one commit per batch.
+
+    Whatever happens, every submitted future resolves: a batch that fails is retried
+    one event per transaction, and each event gets its Outcome or its exception."""
 
     def __init__(self, store, feature_count, clock, catalog):
         """``catalog()`` gives the active catalog at each commit."""
@@ -167,17 +178,22 @@ class GroupCommitter:
         self._feature_count = feature_count
         self._clock = clock
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="decision-ingest", daemon=True)
         self._thread.start()
 
     def submit(self, batch: list[ValidEvent]) -> Future:
         """Queue events; the future resolves, once they are durable, to one Outcome per
-        event, or the DecisionError that kept that event from being applied."""
+        event, or the exception that kept that event from being applied."""
+        if self._closed:
+            raise Unavailable("the server is shutting down; send the events again")
         future: Future = Future()
         self._queue.put((batch, future))
         return future
 
     def close(self) -> None:
+        """Commit what is queued, then stop (later submits are refused)."""
+        self._closed = True
         self._queue.put(None)
         self._thread.join()
 
@@ -198,18 +214,24 @@ class GroupCommitter:
                     break
                 waiting.append(more)
                 size += len(more[0])
-            self._commit(waiting)
+            try:
+                self._commit(waiting)
+            except BaseException as exc:  # never leave a caller waiting forever
+                log.exception("ingestion writer: unexpected error")
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(exc)
 
     def _commit(self, waiting) -> None:
         events = [ev for batch, _ in waiting for ev in batch]
         now_ms = int(self._clock() * 1000)
+        catalog = self._catalog()
         try:
-            catalog = self._catalog()
             results: list = apply_batch(self._store, events, self._feature_count, now_ms,
                                         catalog)
-        except DecisionError:
-            # one event's problem (a corrupt profile) must not fail the others: apply
-            # them one per transaction and report per event (rare, slow path)
+        except Exception:
+            # one event's problem (a corrupt profile, a total that overflows) must not
+            # fail the others: one transaction per event, a result per event (rare)
             results = []
             for ev in events:
                 try:
@@ -217,11 +239,9 @@ class GroupCommitter:
                                            catalog)
                 except DecisionError as exc:
                     results.append(exc)
-        except Exception as exc:  # a bug: nothing was committed, every caller learns it
-            log.exception("ingestion batch of %d events failed", len(events))
-            for _, future in waiting:
-                future.set_exception(exc)
-            return
+                except Exception as exc:
+                    log.exception("event of type %s failed", ev.event_type.name)
+                    results.append(exc)
         at = 0
         for batch, future in waiting:
             future.set_result(results[at:at + len(batch)])

@@ -193,7 +193,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             for batch in request_iterator for e in batch.events)
         return pb.TrackSummary(
             received=summary.received, applied=summary.applied,
-            duplicates=summary.duplicates,
+            duplicates=summary.duplicates, rejected_count=summary.rejected_count,
             rejected=[pb.Rejection(index=i, event_id=eid, message=m)
                       for i, eid, m in summary.rejected])
 

@@ -32,7 +32,7 @@ def test_an_over_limit_stream_message_is_rejected_and_the_rest_applied(stub):
                                      pb.EventBatch(events=big),
                                      pb.EventBatch(events=[purchase("lou", 3.0)])]))
     assert (summary.received, summary.applied) == (5003, 2)
-    assert len(summary.rejected) == 5001
+    assert summary.rejected_count == 5001 and len(summary.rejected) == 1000  # listed: 1,000
     assert summary.rejected[0].index == 1
     assert summary.rejected[0].message.startswith("events: 5001 in one message, at most 5000")
     got = stub.GetProfile(pb.GetProfileRequest(customer=ident("lou")))
@@ -215,3 +215,31 @@ def test_acknowledged_events_survive_kill_9(tmp_path):
         assert acked <= got.counters["purchases"] <= sent_upper_bound
     finally:
         restarted.stop()
+
+
+def test_the_same_event_id_for_two_customers_is_two_events(stub):
+    alice = stub.Track(purchase("alice", 10.0, event_id="1"))
+    bob = stub.Track(purchase("bob", 20.0, event_id="1"))
+    assert not bob.duplicate and bob.profile_key != alice.profile_key
+    assert stub.Track(purchase("bob", 20.0, event_id="1")).duplicate  # bob's retry
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("bob")))
+    assert got.counters["revenue"] == 20.0
+
+
+def test_an_event_that_would_overflow_a_total_is_rejected_alone(stub):
+    stub.Track(purchase("max", 1.0))
+    with pytest.raises(grpc.RpcError) as err:  # the float32 feature would be inf
+        stub.Track(purchase("max", 1e308))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "would make feature.monetary inf" in err.value.details()
+    summary = stub.TrackStream(batches([purchase("max", 1e308), purchase("min", 1.0)], 10))
+    assert (summary.applied, summary.rejected_count) == (1, 1)  # the other one applied
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("max")))
+    assert got.counters["revenue"] == 1.0 and got.counters["purchases"] == 1
+
+
+def test_a_long_stream_of_rejections_keeps_the_summary_small(stub):
+    bad = [pb.Event(type="nope", customer=ident("x")) for _ in range(30_000)]
+    summary = stub.TrackStream(batches(bad + [purchase("ok", 1.0)], 5000))
+    assert (summary.received, summary.applied, summary.rejected_count) == (30_001, 1, 30_000)
+    assert len(summary.rejected) == 1000

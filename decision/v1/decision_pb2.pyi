@@ -270,16 +270,18 @@ class Rejection(_message.Message):
     def __init__(self, index: _Optional[int] = ..., event_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TrackSummary(_message.Message):
-    __slots__ = ("received", "applied", "duplicates", "rejected")
+    __slots__ = ("received", "applied", "duplicates", "rejected", "rejected_count")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     received: int
     applied: int
     duplicates: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
-    def __init__(self, received: _Optional[int] = ..., applied: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+    rejected_count: int
+    def __init__(self, received: _Optional[int] = ..., applied: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., rejected_count: _Optional[int] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
     __slots__ = ("identifiers",)

@@ -26,8 +26,11 @@ if _version_not_supported:
 
 
 class DecisionServiceStub:
-    """The decision service. Every method is unary and safe to retry: UpsertProfile
-    addresses the profile by its identifiers, so a retried upsert updates the same one.
+    """The decision service. Safe to retry: Decide, GetProfile, ListOffers,
+    ReloadCatalog, UpsertProfile and Identify (they address profiles by identifiers),
+    Track and TrackStream for events that carry an event_id, and WatchTriggers from
+    the last cursor seen + 1. ForgetCustomer answers NOT_FOUND when retried after it
+    succeeded.
     """
 
     def __init__(self, channel):
@@ -89,8 +92,11 @@ class DecisionServiceStub:
 
 
 class DecisionServiceServicer:
-    """The decision service. Every method is unary and safe to retry: UpsertProfile
-    addresses the profile by its identifiers, so a retried upsert updates the same one.
+    """The decision service. Safe to retry: Decide, GetProfile, ListOffers,
+    ReloadCatalog, UpsertProfile and Identify (they address profiles by identifiers),
+    Track and TrackStream for events that carry an event_id, and WatchTriggers from
+    the last cursor seen + 1. ForgetCustomer answers NOT_FOUND when retried after it
+    succeeded.
     """
 
     def Decide(self, request, context):
@@ -257,8 +263,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DecisionService:
-    """The decision service. Every method is unary and safe to retry: UpsertProfile
-    addresses the profile by its identifiers, so a retried upsert updates the same one.
+    """The decision service. Safe to retry: Decide, GetProfile, ListOffers,
+    ReloadCatalog, UpsertProfile and Identify (they address profiles by identifiers),
+    Track and TrackStream for events that carry an event_id, and WatchTriggers from
+    the last cursor seen + 1. ForgetCustomer answers NOT_FOUND when retried after it
+    succeeded.
     """
 
     @staticmethod
