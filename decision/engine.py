@@ -452,8 +452,9 @@ class Engine:
                     f"identifiers: the merged profile would hold {len(survivor.identifiers)}, "
                     f"at most {limits.max_identifiers}")
             for r in records:
-                if r.key != survivor.key:
+                if r.key != survivor.key:  # its journeys end: it leaves its segments
                     txn.delete(profile_key_bytes(r.key), db=store.profiles_db)
+                    record_changes(store, txn, r, [], r.segments, now_ms)
             entered, left = refresh_segments(segments, survivor)
             record_changes(store, txn, survivor, entered, left, now_ms)
             survivor.updated_at_ms = now_ms
@@ -474,7 +475,8 @@ class Engine:
             if record is None:
                 raise NotFound(f"customer: no profile for {kind} {value!r}")
             removed = store.delete_profile(txn, record)
-            return key, removed, store.delete_event_records(txn, key)
+            keys = {key, *record.merged_keys}  # records filed under merged profiles too
+            return key, removed, store.delete_event_records(txn, keys)
 
         return store.write(work)
 
@@ -610,9 +612,11 @@ def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
     identifiers = list(survivor.identifiers)
     for r in records:
         identifiers += [i for i in r.identifiers if i not in identifiers]
+    merged_keys = [k for r in records if r.key != survivor.key for k in (r.key, *r.merged_keys)]
     return ProfileRecord(key=survivor.key, features=by_recency[-1].features.copy(),
                          attributes=attributes, counters=counters, identifiers=identifiers,
                          segments=list(survivor.segments),  # changes become triggers
+                         merged_keys=survivor.merged_keys + merged_keys,
                          created_at_ms=survivor.created_at_ms,
                          updated_at_ms=by_recency[-1].updated_at_ms)
 

@@ -14,6 +14,7 @@ A profile value is a fixed binary head the kernels read in place, then msgpack::
                                 "c": counters {name: float},
                                 "i": identifiers [[kind, value], ...],
                                 "s": segments the profile belongs to [name, ...],
+                                "m": keys of the profiles merged into it [int, ...],
                                 "t": created_at_ms}
 
 The head is 16 bytes so the feature vector is 4-byte aligned relative to the value;
@@ -50,6 +51,7 @@ class ProfileRecord:
     counters: dict[str, float] = field(default_factory=dict)
     identifiers: list[tuple[str, str]] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
+    merged_keys: list[int] = field(default_factory=list)  # profiles merged into this one
     created_at_ms: int = 0
     updated_at_ms: int = 0
 
@@ -60,7 +62,7 @@ def encode(record: ProfileRecord) -> bytes:
     tail = msgpack.packb(
         {"a": record.attributes, "c": record.counters,
          "i": [list(i) for i in record.identifiers], "s": record.segments,
-         "t": record.created_at_ms},
+         "m": record.merged_keys, "t": record.created_at_ms},
         use_bin_type=True,
     )
     return head + features.tobytes() + tail
@@ -123,6 +125,7 @@ def decode(buf, key: int) -> ProfileRecord:
         counters=tail["c"],
         identifiers=[(k, v) for k, v in identifiers],
         segments=[str(name) for name in tail["s"]],
+        merged_keys=[int(k) for k in tail.get("m", [])],
         created_at_ms=tail["t"],
         updated_at_ms=HEAD.unpack_from(buf)[5],
     )

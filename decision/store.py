@@ -268,18 +268,19 @@ class ProfileStore:
                 removed += 1
         return removed
 
-    def delete_event_records(self, txn: lmdb.Transaction, key: int) -> int:
-        """Delete the applied-event and trigger records of profile ``key``; return how
-        many event records went (scans: erasure is rare, and neither log is indexed by
-        profile)."""
-        events = self._delete_where(txn, self.events_db, 0, key)
-        self._delete_where(txn, self.triggers_db, 2, key)
+    def delete_event_records(self, txn: lmdb.Transaction, keys: set[int]) -> int:
+        """Delete the applied-event and trigger records of the profile ``keys``; return
+        how many event records went (scans: erasure is rare, and neither log is indexed
+        by profile; about 0.3 s per million records, holding the writer lock)."""
+        events = self._delete_where(txn, self.events_db, 0, keys)
+        self._delete_where(txn, self.triggers_db, 2, keys)
         return events
 
     @staticmethod
-    def _delete_where(txn: lmdb.Transaction, db, position: int, key: int) -> int:
-        """Delete the entries of ``db`` whose msgpack list holds ``key`` at ``position``."""
-        doomed = [k for k, v in txn.cursor(db=db) if msgpack.unpackb(v)[position] == key]
+    def _delete_where(txn: lmdb.Transaction, db, position: int, keys: set[int]) -> int:
+        """Delete the entries of ``db`` whose msgpack list holds one of ``keys`` at
+        ``position``."""
+        doomed = [k for k, v in txn.cursor(db=db) if msgpack.unpackb(v)[position] in keys]
         for k in doomed:
             txn.delete(k, db=db)
         return len(doomed)

@@ -135,3 +135,48 @@ def test_forget_customer_leaves_nothing_readable(stub, running):
     with pytest.raises(grpc.RpcError) as err:
         stub.ForgetCustomer(pb.ForgetCustomerRequest(customer=alias[0]))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_forgetting_a_merged_customer_erases_what_each_profile_had(stub, running):
+    web, shop = ident("ck-merged-secret", "cookie"), ident("LOYAL-merged-secret", "loyalty_id")
+    stub.Track(pb.Event(type="page_view", customer=web, event_id="view-merged-secret",
+                        attributes={"page": text("home")}))
+    for i in range(4):  # the shop profile becomes high value: triggers name it
+        stub.Track(pb.Event(type="purchase", customer=shop, event_id=f"order-merged-secret-{i}",
+                            attributes={"amount": num(40.0), "sku": text("X")}))
+    shop_key = profile(stub, shop).profile_key
+    merged = stub.Identify(pb.IdentifyRequest(identifiers=[web, shop]))
+    assert list(merged.merged_profile_keys) == [shop_key]
+    assert list(merged.profile.segments) == ["high_value"]
+
+    stub.ForgetCustomer(pb.ForgetCustomerRequest(customer=web))
+    after = _everything_stored(running.engine.store.env)
+    assert b"merged-secret" not in after
+    for key in (merged.profile.profile_key, shop_key):
+        assert profile_key_bytes(int(key, 16)) not in after
+
+
+def test_a_merge_ends_the_merged_away_profiles_segments(stub):
+    web, shop = ident("ck-seg", "cookie"), ident("L-seg", "loyalty_id")
+    stub.Track(pb.Event(type="page_view", customer=web, attributes={"page": text("home")}))
+    stub.Track(pb.Event(type="purchase", customer=shop,
+                        attributes={"amount": num(500.0), "sku": text("X")}))
+    shop_key = profile(stub, shop).profile_key
+    merged = stub.Identify(pb.IdentifyRequest(identifiers=[web, shop])).profile
+    assert _log(stub, 3) == [("segment_enter", "high_value", shop_key),
+                             ("segment_leave", "high_value", shop_key),
+                             ("segment_enter", "high_value", merged.profile_key)]
+
+
+def _log(stub, n: int):
+    """The first ``n`` entries of the trigger log, as (kind, name, profile key)."""
+    out = []
+    call = stub.WatchTriggers(pb.WatchTriggersRequest())
+    try:
+        for t in call:
+            out.append((t.kind, t.name, t.profile_key))
+            if len(out) == n:
+                break
+    finally:
+        call.cancel()
+    return out
