@@ -132,8 +132,12 @@ def _catalog_info(c: Catalog) -> pb.CatalogInfo:
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     """Decide answers with pre-encoded bytes (``decision.wire``); see ``add_to_server``."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, max_watchers: int = 4):
         self.engine = engine
+        self.max_watchers = max_watchers
+        self.closing = threading.Event()  # set at shutdown: watchers end their streams
+        self._watchers = 0
+        self._watchers_lock = threading.Lock()
         self._encodings: dict[Catalog, OfferEncodings] = {}
         engine.on_catalog(self._prepare_encodings)
 
@@ -214,10 +218,32 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def WatchTriggers(self, request: pb.WatchTriggersRequest, context):
         """Replay the trigger log from the cursor, then follow it until cancelled.
 
-        Each subscriber holds one handler thread while connected (see --threads)."""
-        cursor = max(1, request.from_cursor)
+        Each subscriber holds one handler thread while connected, so at most half of
+        them may watch (RESOURCE_EXHAUSTED beyond: raise --threads)."""
+        with self._watchers_lock:
+            if self._watchers >= self.max_watchers:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"WatchTriggers: {self._watchers} subscribers already on this "
+                              f"server process, at most {self.max_watchers} (half of "
+                              "--threads; raise --threads or use another process)")
+            self._watchers += 1
+        try:
+            yield from self._follow_triggers(request, context)
+        except DecisionError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("internal error in WatchTriggers (incident %s)", incident)
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"internal error (incident {incident}; details in the server log)")
+        finally:
+            with self._watchers_lock:
+                self._watchers -= 1
+
+    def _follow_triggers(self, request: pb.WatchTriggersRequest, context):
         store = self.engine.store
-        while context.is_active():
+        cursor = store.trigger_log_end() if request.from_end else max(1, request.from_cursor)
+        while context.is_active() and not self.closing.is_set():
             batch = store.triggers_from(cursor, TRIGGER_BATCH)
             for position, value in batch:
                 t = decode_trigger(position, value)
@@ -282,12 +308,14 @@ class Running:
     engine: Engine
     health: health.HealthServicer
     stopping: threading.Event
+    servicer: DecisionServicer
     follower: threading.Thread | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (draining requests in flight for ``grace`` seconds) and close
         the store once nothing can use it any more."""
         self.stopping.set()
+        self.servicer.closing.set()  # trigger streams end now instead of at the grace
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         if self.follower is not None:
@@ -321,7 +349,8 @@ def create_server(settings: Settings, engine: Engine | None = None,
     engine = engine or Engine(settings)
     engine.warm()
     server = grpc_server(settings, reuse_port)
-    add_to_server(DecisionServicer(engine), server)
+    servicer = DecisionServicer(engine, max_watchers=max(1, settings.threads // 2))
+    add_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -331,7 +360,7 @@ def create_server(settings: Settings, engine: Engine | None = None,
     port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address} (address in use?)")
-    return Running(server, port, engine, health_servicer, threading.Event())
+    return Running(server, port, engine, health_servicer, threading.Event(), servicer)
 
 
 def start(running: Running) -> None:

@@ -293,6 +293,12 @@ class ProfileStore:
         txn.put(profile_key_bytes(cursor), value, db=self.triggers_db)
         return cursor
 
+    def trigger_log_end(self) -> int:
+        """The cursor the next trigger will get."""
+        with self.reader() as r:
+            raw = r.meta(b"next_trigger")
+        return 1 if raw is None else int.from_bytes(raw, "big")
+
     def triggers_from(self, cursor: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` (cursor, value) log entries from ``cursor`` on, in order."""
         out = []

@@ -13,7 +13,8 @@ Two sources, both written in the same transaction as the change that caused them
   produce a trigger of kind ``event`` named ``cart_reminder``.
 
 The log is the ``triggers`` sub-db: key = cursor (uint64 big-endian, allocated in the
-write transaction, so cursors are gap-free and ordered across processes), value =
+write transaction, so cursors are ordered across processes, with gaps only where
+ForgetCustomer erased records), value =
 msgpack ``[kind, name, profile key, [[kind, value], ...], at_ms, event_id]``.
 ``WatchTriggers`` replays it from a cursor and follows it live: at least once, and a
 subscriber that reconnects with its last cursor + 1 loses nothing.

@@ -11,15 +11,18 @@ import pytest
 from decision.catalog import load_catalog
 from decision.errors import CatalogError
 from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
 from tests.conftest import TEST_CATALOG, ident, num, text, two_servers
 
 
 class Watcher:
     """A WatchTriggers subscriber collecting triggers on a background thread."""
 
-    def __init__(self, stub, from_cursor: int = 0):
+    def __init__(self, stub, from_cursor: int = 0, from_end: bool = False):
         self.got: list[pb.Trigger] = []
-        self.call = stub.WatchTriggers(pb.WatchTriggersRequest(from_cursor=from_cursor))
+        self.error: grpc.RpcError | None = None
+        self.call = stub.WatchTriggers(pb.WatchTriggersRequest(from_cursor=from_cursor,
+                                                               from_end=from_end))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -28,7 +31,8 @@ class Watcher:
             for trigger in self.call:
                 self.got.append(trigger)
         except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.CANCELLED
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self.error = exc  # re-raised by close(): a thread cannot fail the test
 
     def wait_for(self, n: int, timeout: float = 10.0) -> list[pb.Trigger]:
         deadline = time.monotonic() + timeout
@@ -40,6 +44,8 @@ class Watcher:
     def close(self) -> None:
         self.call.cancel()
         self.thread.join(timeout=10)
+        if self.error is not None:
+            raise self.error
 
 
 def buy(who, amount, event_id=""):
@@ -133,3 +139,51 @@ def test_bad_trigger_configuration_is_rejected_at_load(tmp_path, table, message)
     with pytest.raises(CatalogError) as err:
         load_catalog(path)
     assert message in str(err.value)
+
+
+def test_from_end_delivers_only_new_triggers(stub):
+    stub.Track(buy(ident("old"), 500.0))
+    watcher = Watcher(stub, from_end=True)
+    try:
+        time.sleep(0.2)
+        key = stub.Track(buy(ident("new"), 500.0)).profile_key
+        got = watcher.wait_for(1)
+        time.sleep(0.1)
+        assert [(t.name, t.profile_key) for t in got] == [("high_value", key)]
+    finally:
+        watcher.close()
+
+
+def test_subscribers_are_capped_so_the_server_keeps_answering(stub, running):
+    assert running.servicer.max_watchers == 2  # half of the 4 test threads
+    watchers = [Watcher(stub), Watcher(stub)]
+    try:
+        time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as err:
+            next(iter(stub.WatchTriggers(pb.WatchTriggersRequest(), timeout=5)))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 2" in err.value.details() and "--threads" in err.value.details()
+        for i in range(20):  # decisions and events still flow
+            stub.Track(buy(ident(f"busy{i}"), 1.0), timeout=5)
+            assert stub.Decide(pb.DecideRequest(customer=ident("x"), channel="web"), timeout=5)
+    finally:
+        for w in watchers:
+            w.close()
+    time.sleep(0.2)
+    third = Watcher(stub)  # a slot is free again
+    third.close()
+
+
+def test_shutdown_does_not_wait_for_subscribers(settings):
+    from decision.server import create_server, start
+
+    running = create_server(settings)
+    start(running)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    watcher = Watcher(pb_grpc.DecisionServiceStub(channel))
+    time.sleep(0.2)
+    started = time.monotonic()
+    running.stop(grace=5.0)
+    assert time.monotonic() - started < 2.0
+    watcher.thread.join(timeout=5)
+    channel.close()

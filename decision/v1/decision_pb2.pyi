@@ -314,10 +314,12 @@ class ForgetCustomerResponse(_message.Message):
     def __init__(self, profile_key: _Optional[str] = ..., identifiers_removed: _Optional[int] = ..., events_removed: _Optional[int] = ...) -> None: ...
 
 class WatchTriggersRequest(_message.Message):
-    __slots__ = ("from_cursor",)
+    __slots__ = ("from_cursor", "from_end")
     FROM_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FROM_END_FIELD_NUMBER: _ClassVar[int]
     from_cursor: int
-    def __init__(self, from_cursor: _Optional[int] = ...) -> None: ...
+    from_end: bool
+    def __init__(self, from_cursor: _Optional[int] = ..., from_end: _Optional[bool] = ...) -> None: ...
 
 class Trigger(_message.Message):
     __slots__ = ("cursor", "kind", "name", "profile_key", "identifiers", "at_ms", "event_id")

@@ -186,6 +186,8 @@ class DecisionServiceServicer:
         messaging systems. Replays every trigger from `from_cursor` on, in order, then
         streams new ones as they are committed, until the client cancels. Delivery is at
         least once: a subscriber that reconnects with its last cursor + 1 loses nothing.
+        Each subscriber holds a server thread: a process accepts half of its --threads
+        as subscribers and answers RESOURCE_EXHAUSTED beyond.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
