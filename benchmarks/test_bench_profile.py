@@ -1,5 +1,6 @@
 """Profile read and decode: resolve the identifier, read the value in place, view the
-feature vector, decode the attributes. Budget: p99 <= 15 us."""
+feature vector, decode and check the msgpack part. Budget: p99 <= 20 us (p50 is about
+8 us; p99 runs about twice p50 on the 2-core VM)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from benchmarks.conftest import ci_slack, percentiles, record
 from decision import layout
 
-BUDGET_P99_US = 15.0
+BUDGET_P99_US = 20.0
 
 
 def test_profile_read_and_decode(benchmark, engine, queries):

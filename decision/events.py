@@ -30,6 +30,7 @@ catalog loads; applying an event is a short loop over the compiled actions.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import NamedTuple
 
@@ -167,9 +168,9 @@ def apply(event_type: EventType, record: ProfileRecord, data: dict, time_ms: int
             v = v * a.scale
         if a.target == "feature":
             x = record.features
-            with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-                new = np.float32(v if a.op == "set" else x[a.index] + v)
-            _finite(new, a, event_type)
+            new = float(v) if a.op == "set" else float(x[a.index]) + v
+            if not abs(new) <= FLOAT32_MAX:  # also catches NaN
+                _not_finite(new, a, event_type)
             x[a.index] = new
         else:
             bag = record.attributes if a.target == "attribute" else record.counters
@@ -179,13 +180,16 @@ def apply(event_type: EventType, record: ProfileRecord, data: dict, time_ms: int
                 current = bag.get(a.name, 0.0)
                 new = (current if isinstance(current, (int, float))
                        and not isinstance(current, bool) else 0.0) + v
-            if isinstance(new, float):
-                _finite(new, a, event_type)
+            if isinstance(new, float) and not math.isfinite(new):
+                _not_finite(new, a, event_type)
             bag[a.name] = new
 
 
-def _finite(value, action: Action, event_type: EventType) -> None:
-    if not np.isfinite(value):
-        raise InvalidArgument(
-            f"attributes: event type {event_type.name!r} would make {action.target}."
-            f"{action.name} {value} (not a finite number); the event was not applied")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _not_finite(value: float, action: Action, event_type: EventType):
+    shown = value if math.isfinite(value) and abs(value) <= FLOAT32_MAX else math.inf
+    raise InvalidArgument(
+        f"attributes: event type {event_type.name!r} would make {action.target}."
+        f"{action.name} {shown} (not a finite number); the event was not applied")

@@ -143,7 +143,8 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
                     continue
             key = store.resolve_in(txn, ev.kind, ev.value)
             record = None if key is None else records.get(key) or store.load(txn, key)
-            if record is None:
+            created = record is None
+            if created:
                 record = ProfileRecord(key=store.allocate_key(txn),
                                        features=np.zeros(feature_count, dtype=np.float32),
                                        identifiers=[(ev.kind, ev.value)],
@@ -156,7 +157,9 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
                                ev.event_id.decode())
             record.updated_at_ms = now_ms
             records[record.key] = record
-            store.save(txn, record)  # later events of the batch see it through the txn
+            # later events of the batch see it through the txn; a new profile's
+            # identifier is linked once
+            store.save(txn, record, link=created)
             if ev.event_id:
                 txn.put(ev.dedupe_key, msgpack.packb([record.key, now_ms]), db=store.events_db)
             outcomes.append(Outcome(record.key, False))

@@ -252,10 +252,14 @@ class ProfileStore:
         raw = txn.get(profile_key_bytes(key), db=self.profiles_db)
         return None if raw is None else decode(raw, key)
 
-    def save(self, txn: lmdb.Transaction, record: ProfileRecord) -> None:
+    def save(self, txn: lmdb.Transaction, record: ProfileRecord, link: bool = True) -> None:
+        """Write the profile; with ``link``, also point each of its identifiers at it
+        (needed when identifiers were added or profiles merged, not for an event)."""
         txn.put(profile_key_bytes(record.key), encode(record), db=self.profiles_db)
-        for kind, value in record.identifiers:
-            txn.put(identity_key(kind, value), profile_key_bytes(record.key), db=self.identity_db)
+        if link:
+            for kind, value in record.identifiers:
+                txn.put(identity_key(kind, value), profile_key_bytes(record.key),
+                        db=self.identity_db)
 
     def delete_profile(self, txn: lmdb.Transaction, record: ProfileRecord) -> int:
         """Delete a profile and the identifiers still pointing at it; return how many

@@ -243,3 +243,18 @@ def test_a_long_stream_of_rejections_keeps_the_summary_small(stub):
     summary = stub.TrackStream(batches(bad + [purchase("ok", 1.0)], 5000))
     assert (summary.received, summary.applied, summary.rejected_count) == (30_001, 1, 30_000)
     assert len(summary.rejected) == 1000
+
+
+def test_an_identifier_left_dangling_gets_a_working_profile(stub, running):
+    """An identity entry whose profile is gone (foreign damage): the next event makes a
+    new profile and re-links the identifier to it, so the one after finds it."""
+    from decision.store import identity_key, profile_key_bytes
+
+    store = running.engine.store
+    store.write(lambda txn: txn.put(identity_key("customer_id", "ghost"),
+                                    profile_key_bytes(999_999), db=store.identity_db))
+    first = stub.Track(purchase("ghost", 1.0))
+    second = stub.Track(purchase("ghost", 2.0))
+    assert first.profile_key == second.profile_key != f"{999_999:016x}"
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("ghost")))
+    assert got.counters["purchases"] == 2
