@@ -92,7 +92,8 @@ def feature_view(buf, n_features: int) -> np.ndarray:
     return np.frombuffer(buf, dtype="<f4", count=n_features, offset=HEAD_SIZE)
 
 
-_TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "s": list, "t": int}
+_TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "t": int}
+_TAIL_OPTIONAL = {"s": list, "m": list}  # added within layout 1: absent means empty
 
 
 def decode_tail(buf, n_features: int, key: int) -> dict:
@@ -106,6 +107,12 @@ def decode_tail(buf, n_features: int, key: int) -> dict:
     for name, kind in _TAIL_SHAPE.items():
         if not isinstance(tail.get(name), kind):
             raise CorruptProfile(f"profile {key:016x}: field {name!r} is missing or not a "
+                                 f"{kind.__name__}")
+    for name, kind in _TAIL_OPTIONAL.items():
+        if name not in tail:
+            tail[name] = kind()
+        elif not isinstance(tail[name], kind):
+            raise CorruptProfile(f"profile {key:016x}: field {name!r} is not a "
                                  f"{kind.__name__}")
     return tail
 
@@ -125,7 +132,7 @@ def decode(buf, key: int) -> ProfileRecord:
         counters=tail["c"],
         identifiers=[(k, v) for k, v in identifiers],
         segments=[str(name) for name in tail["s"]],
-        merged_keys=[int(k) for k in tail.get("m", [])],
+        merged_keys=[int(k) for k in tail["m"]],
         created_at_ms=tail["t"],
         updated_at_ms=HEAD.unpack_from(buf)[5],
     )

@@ -176,3 +176,13 @@ def test_profile_with_a_malformed_tail_is_data_loss(stub, running):
             call()
         assert err.value.code() == grpc.StatusCode.DATA_LOSS
         assert "000000000000004d" in err.value.details()
+
+
+def test_profiles_written_before_segments_existed_still_read(tmp_path):
+    """Layout 1 records without the later optional fields ("s", "m") decode as empty."""
+    import msgpack
+
+    value = layout.HEAD.pack(layout.MAGIC, layout.LAYOUT_VERSION, 0, 2, 0, 5) + bytes(8) + \
+        msgpack.packb({"a": {"tier": 2.0}, "c": {}, "i": [["customer_id", "old"]], "t": 1})
+    record = layout.decode(value, 3)
+    assert (record.segments, record.merged_keys, record.attributes) == ([], [], {"tier": 2.0})
