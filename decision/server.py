@@ -474,6 +474,13 @@ def serve_workers(settings: Settings) -> None:
             if now >= due[slot]:
                 del due[slot]
                 spawn(slot)
+    for p in procs.values():  # again: a worker spawned as the signal came missed it
+        if p.is_alive():
+            p.terminate()
     for p in procs.values():
         p.join(timeout=10)
+        if p.is_alive():  # never leave a worker behind the supervisor
+            log.warning("worker pid %s did not stop in 10 s; killing it", p.pid)
+            p.kill()
+            p.join()
     sys.exit(0)
