@@ -37,7 +37,6 @@ from decision.ingest import (
     Event, GroupCommitter, Outcome, TooManyInMessage, ValidEvent, validate,
 )
 from decision.layout import AttributeValue, ProfileRecord
-from decision.rules import string_id
 from decision.segments import refresh as refresh_segments
 from decision.segments import slot_value
 from decision.triggers import record_changes
@@ -338,7 +337,7 @@ class Engine:
                 raise InvalidArgument(f"context[{key!r}]: must be a finite number, got {v}")
             f = used.get(key)
             if f is not None:
-                slots[f.slot] = string_id(v) if ftype == "string" else float(v)
+                slots[f.slot] = slot_value(v, ftype)
 
     # ------------------------------------------------------------- profiles
     def _identifier(self, ident: Identifier | None, where: str) -> tuple[str, str]:

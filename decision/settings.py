@@ -8,7 +8,7 @@ reads the environment or the command line after that. Invalid values raise
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from decision.errors import ConfigError
@@ -92,6 +92,3 @@ class Settings:
                 raise ConfigError(
                     f"identifier kind {kind!r} must be lowercase letters, digits and '_'"
                 )
-
-    def with_(self, **changes) -> "Settings":
-        return replace(self, **changes)
