@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.conftest import N_OFFERS, ci_slack, percentiles, record
+from decision.layout import NO_CONTACTS
 from kernels.decide import decide_offers
 
 BUDGET_P99_US = 60.0
@@ -24,7 +25,7 @@ def test_kernel_scoring_1000_offers(benchmark, engine, rng=np.random.default_rng
         slots[f.slot] = 1.0
     args = (catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
             catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
-            np.int64(1), np.int64(0), 1.8e9, 5, 3)
+            np.int64(1), np.int64(0), 1.8e9, 5, 3, NO_CONTACTS, catalog.policies.arrays)
     chosen = benchmark.pedantic(decide_offers, args=args, rounds=20_000, iterations=1,
                                 warmup_rounds=500)[0]
     assert len(chosen) == 5

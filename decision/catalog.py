@@ -33,6 +33,16 @@ File layout (every key is documented in README.md, "Catalog reference")::
     fields = { amount = "number" }
     do = [{ add = "counter.revenue", value = "event.amount" }]
 
+    [pace.email]                                # see decision.pace
+    deliver = "later"
+    quiet_hours = ["21:00", "08:00"]
+
+    [[policy]]                                  # see decision.policies
+    name = "offer-weekly"
+    type = "cap"
+    max = 3
+    per = "7d"
+
     [[offer]]
     id = "spring-upgrade"
     name = "Upgrade to Premium"
@@ -68,6 +78,8 @@ import numpy as np
 
 from decision.errors import CatalogError, RuleError
 from decision.events import EventType, parse_event_types
+from decision.pace import ChannelPace, parse_pace
+from decision.policies import PolicySet
 from decision.rules import Field, FieldTable, ProgramBuilder
 from decision.segments import SegmentSet
 from decision.triggers import TriggerSet
@@ -122,6 +134,9 @@ class Catalog:
     events: dict[str, EventType]  # event types: what each does to a profile
     segments: SegmentSet
     triggers: TriggerSet
+    pace: dict[str, ChannelPace]  # every channel's
+    policies: PolicySet
+    offer_index: dict[str, int]  # offer id -> array index
     loaded_at_ms: int
 
     @property
@@ -160,7 +175,8 @@ def load_catalog(path: str | Path) -> Catalog:
 # ------------------------------------------------------------------ compilation
 def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     _only_keys(doc, "catalog", {"version", "channels", "placements", "profile", "context",
-                                "model", "offer", "events", "segments", "triggers"})
+                                "model", "offer", "events", "segments", "triggers", "pace",
+                                "policy"})
     channels = _names(doc.get("channels"), "channels", required=True)
     placements = _names(doc.get("placements", []), "placements", required=False)
     profile = _table(doc, "profile")
@@ -180,7 +196,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     model = _Model.parse(_table(doc, "model"), feature_names)
     events = parse_event_types(doc.get("events", {}), feature_names,
                                _types(profile.get("attributes", {}), "profile.attributes"))
-    triggers = TriggerSet(doc.get("triggers", {}), events, fields)
+    pace = parse_pace(doc.get("pace", {}), channels)
 
     raw_offers = doc.get("offer", [])
     if not isinstance(raw_offers, list) or not raw_offers:
@@ -190,6 +206,9 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     for a, b in zip(offers, offers[1:]):
         if a.id == b.id:
             raise CatalogError(f"offer '{a.id}' is defined twice")
+    offer_ids = [o.id for o in offers]
+    policies = PolicySet(doc.get("policy", []), channels, offer_ids)
+    triggers = TriggerSet(doc.get("triggers", {}), events, fields, channels, placements)
 
     n = len(offers)
     builder = ProgramBuilder(fields)
@@ -228,7 +247,9 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         offer_window=offer_window, offer_value=offer_value, weights=weights, bias=bias,
         profile_fields=tuple(f for f in used if f.namespace != "context"),
         context_fields={f.name: f for f in used if f.namespace == "context"},
-        events=events, segments=segments, triggers=triggers, loaded_at_ms=int(time.time() * 1000),
+        events=events, segments=segments, triggers=triggers, pace=pace, policies=policies,
+        offer_index={o: i for i, o in enumerate(offer_ids)},
+        loaded_at_ms=int(time.time() * 1000),
     )
 
 

@@ -20,6 +20,7 @@ in flight finishes with the catalog it started with.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -28,6 +29,7 @@ import collections
 from concurrent.futures import Future
 from typing import Callable, Iterable, Mapping, NamedTuple
 
+import msgpack
 import numpy as np
 
 from decision import layout
@@ -37,13 +39,16 @@ from decision.ingest import (
     Event, GroupCommitter, Outcome, TooManyInMessage, ValidEvent, validate,
 )
 from decision.layout import AttributeValue, ProfileRecord
+from decision.policies import MAX_CONTACTS
 from decision.segments import refresh as refresh_segments
 from decision.segments import slot_value
-from decision.triggers import record_changes
+from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, profile_key_bytes
 from kernels.decide import decide_offers
+from kernels.eligibility import eligible_mask
 
+log = logging.getLogger("decision.engine")
 N_FEATURE_REASONS = 3
 _NAN = math.nan
 
@@ -59,6 +64,7 @@ class DecideQuery(NamedTuple):
     placement: str = ""
     limit: int | None = None  # None: the server's default
     context: Mapping[str, AttributeValue | None] = {}  # never mutated
+    explain: bool = False  # also list the offers a contact policy removed, and why
 
 
 class Reason(NamedTuple):
@@ -82,12 +88,13 @@ class Decision:
 
     __slots__ = ("decision_id", "cold_start", "eligible_count", "catalog_version",
                  "decided_at_ms", "prepared", "offer_index", "score", "propensity",
-                 "feature_index", "feature_weight")
+                 "feature_index", "feature_weight", "deliver_at_ms", "timing", "removed")
 
     def __init__(self, decision_id: str, cold_start: bool, eligible_count: int,
                  decided_at_ms: int, prepared: "_Prepared", offer_index: list[int],
                  score: list[float], propensity: list[float],
-                 feature_index: list[list[int]], feature_weight: list[list[float]]):
+                 feature_index: list[list[int]], feature_weight: list[list[float]],
+                 deliver_at_ms: int, timing: str, removed: tuple = ()):
         self.decision_id = decision_id
         self.cold_start = cold_start
         self.eligible_count = eligible_count
@@ -99,6 +106,14 @@ class Decision:
         self.propensity = propensity
         self.feature_index = feature_index  # per ranked offer, -1 = no feature
         self.feature_weight = feature_weight
+        self.deliver_at_ms = deliver_at_ms  # = decided_at_ms on a channel answered now
+        self.timing = timing  # "now", or why later (decision.pace)
+        self.removed = removed  # explain: (offer index, Reason) a policy removed
+
+    @property
+    def removed_offers(self) -> tuple[tuple[Offer, "Reason"], ...]:
+        offers = self.prepared.catalog.offers
+        return tuple((offers[i], reason) for i, reason in self.removed)
 
     @property
     def offers(self) -> tuple["RankedOffer", ...]:
@@ -167,7 +182,8 @@ class _Prepared:
     """Per-catalog values the hot path needs, computed once per catalog version."""
 
     __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
-                 "zero_features", "n_features", "n_slots", "context_types", "profile_slots")
+                 "zero_features", "n_features", "n_slots", "context_types", "profile_slots",
+                 "policies", "has_policies", "later", "policy_reasons")
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -183,6 +199,11 @@ class _Prepared:
         self.context_types = {f.name: f.type for f in catalog.fields.of("context")}
         self.profile_slots = tuple((f.namespace, f.name, f.slot, f.type)
                                    for f in catalog.profile_fields)
+        self.policies = catalog.policies.arrays
+        self.has_policies = bool(catalog.policies.policies)
+        self.later = {c: p for c, p in catalog.pace.items() if p.later}
+        self.policy_reasons = tuple(Reason("POLICY", p.describe())
+                                    for p in catalog.policies.policies)
 
 
 class Engine:
@@ -298,22 +319,60 @@ class Engine:
         with self.store.reader() as reader:
             key = reader.resolve(kind, value)
             buf = None if key is None else reader.profile_buffer(key)
-            if buf is None:
-                x = active.zero_features
-            else:
-                n_features = layout.check_head(buf, key, active.n_features)
-                x = layout.feature_view(buf, n_features)
-                if active.profile_slots:
-                    _fill_profile_slots(active.profile_slots,
-                                        layout.decode_tail(buf, n_features, key), slots)
-            chosen, score, prop, eligible, r_feature, r_weight = decide_offers(
-                catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
-                catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
-                channel_bit, placement_bit, now, k, N_FEATURE_REASONS)
+            return self._rank(active, query.channel, channel_bit, placement_bit, k, slots, key,
+                              buf, now, query.explain)
+
+    def _rank(self, active: _Prepared, channel: str, channel_bit: int, placement_bit: int,
+              k: int, slots: np.ndarray, key: int | None, buf, now: float,
+              explain: bool = False) -> Decision:
+        """Decide over a profile value ``buf`` (None: cold start) read in a transaction
+        the caller holds: the kernel call and the answer around it."""
+        catalog = active.catalog
+        contacts = layout.NO_CONTACTS
+        tail = None
+        if buf is None:
+            x = active.zero_features
+        else:
+            n_features = layout.check_head(buf, key, active.n_features)
+            x = layout.feature_view(buf, n_features)
+            if active.has_policies:
+                contacts = layout.contacts_view(buf, n_features)
+            if active.profile_slots:
+                tail = layout.decode_tail(buf, n_features, key)
+                _fill_profile_slots(active.profile_slots, tail, slots)
+        chosen, score, prop, eligible, r_feature, r_weight, blocked = decide_offers(
+            catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
+            catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
+            channel_bit, placement_bit, now, k, N_FEATURE_REASONS, contacts, active.policies)
+        decided_ms = int(now * 1000)
+        deliver_at_ms, timing = decided_ms, "now"
+        pace = active.later.get(channel)
+        if pace is not None:
+            zone = None
+            if pace.timezone_attribute and buf is not None:
+                if tail is None:
+                    tail = layout.decode_tail(buf, n_features, key)
+                zone = tail["a"].get(pace.timezone_attribute)
+            deliver_at_ms, timing = pace.deliver_at(decided_ms, zone if isinstance(zone, str)
+                                                    else None)
+        removed = ()
+        if explain and active.has_policies:
+            removed = self._removed(active, slots, channel_bit, placement_bit, now, blocked)
         return Decision(
-            _decision_id(now), buf is None, int(eligible), int(now * 1000), active,
+            _decision_id(now), buf is None, int(eligible), decided_ms, active,
             chosen.tolist(), score.tolist(), prop.tolist(), r_feature.tolist(),
-            r_weight.tolist())
+            r_weight.tolist(), deliver_at_ms, timing, removed)
+
+    def _removed(self, active: _Prepared, slots, channel_bit, placement_bit, now,
+                 blocked: np.ndarray) -> tuple:
+        """The offers in scope whose rule held but a policy removed (explain), at most
+        ``max_offers`` of them, in catalog order."""
+        catalog = active.catalog
+        passed = eligible_mask(catalog.code, catalog.programs, catalog.consts, slots,
+                               catalog.offer_masks, catalog.offer_window, channel_bit,
+                               placement_bit, now)
+        hits = np.nonzero(passed & (blocked >= 0))[0][:self.limits.max_offers]
+        return tuple((int(i), active.policy_reasons[blocked[i]]) for i in hits)
 
     def _fill_context(self, active: _Prepared, context, slots: np.ndarray) -> None:
         limits = self.limits
@@ -454,6 +513,7 @@ class Engine:
                 if r.key != survivor.key:  # its journeys end: it leaves its segments
                     txn.delete(profile_key_bytes(r.key), db=store.profiles_db)
                     record_changes(store, txn, r, [], r.segments, now_ms)
+                    _move_pending(store, txn, r.key, survivor.key)
             entered, left = refresh_segments(segments, survivor)
             record_changes(store, txn, survivor, entered, left, now_ms)
             survivor.updated_at_ms = now_ms
@@ -558,6 +618,57 @@ class Engine:
         return TrackSummary(summary.received, summary.applied, summary.duplicates,
                             tuple(sorted(summary.rejected)), summary.rejected_count)
 
+    # ------------------------------------------------------------- delayed actions
+    def fire_due(self, limit: int = 256) -> int:
+        """Fire the delayed actions due by now (``decision.triggers``): in one write
+        transaction, take them off the schedule, check each trigger's condition on the
+        profile as it is now, decide what to send (with the catalog, rules and
+        policies of this moment) and append the ``action`` trigger. Every process may
+        call this: the transaction makes each action fire once. Returns how many
+        fired."""
+        now = self.clock()
+        now_ms = int(now * 1000)
+        due = self.store.next_due_ms()
+        if due is None or due > now_ms:
+            return 0
+        active = self._active
+        triggers = active.catalog.triggers
+        store = self.store
+
+        def work(txn) -> int:
+            fired = 0
+            for value in store.take_due(txn, now_ms, limit):
+                name, key, _scheduled_ms, event_id = msgpack.unpackb(value)
+                spec = triggers.delayed.get(name)
+                raw = txn.get(profile_key_bytes(key), db=store.profiles_db)
+                if spec is None or raw is None:
+                    continue  # no longer in the catalog, or the customer was erased
+                try:
+                    record = layout.decode(raw, key)
+                    if not triggers.holds(name, record):
+                        continue
+                    decision = None
+                    if spec.decide is not None:
+                        decision = self._action_decision(active, spec.decide, key, raw, now)
+                except DecisionError as exc:
+                    log.error("delayed action %s of profile %016x dropped: %s", name, key, exc)
+                    continue
+                record_action(store, txn, record, name, now_ms, event_id, decision)
+                fired += 1
+            return fired
+
+        return store.write(work)
+
+    def _action_decision(self, active: _Prepared, spec, key: int, raw, now: float) -> dict:
+        d = self._rank(active, spec.channel, active.channel_bits[spec.channel],
+                       active.placement_bits.get(spec.placement, 0), spec.limit,
+                       np.full(active.n_slots, _NAN), key, raw, now)
+        offers = active.catalog.offers
+        return {"id": d.decision_id, "channel": spec.channel, "placement": spec.placement,
+                "deliver_at_ms": d.deliver_at_ms, "timing": d.timing,
+                "offers": [[offers[i].id, s, p] for i, s, p in
+                           zip(d.offer_index, d.score, d.propensity)]}
+
     def list_offers(self, channel: str = "", placement: str = "") -> tuple[Catalog, list[Offer]]:
         """The active catalog and its offers for a channel/placement (one snapshot)."""
         catalog = self.catalog
@@ -596,7 +707,8 @@ def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
 
     Counters add up; attributes come from every profile, the most recently updated
     one winning where several have a value; features are the most recently updated
-    profile's; identifiers are united (the survivor's first). The first record of a
+    profile's; identifiers are united (the survivor's first); contact histories are
+    merged in time order (caps count every contact made with the customer). The first record of a
     single-record list is returned as is."""
     survivor = min(records, key=lambda r: (r.created_at_ms, r.key))
     if len(records) == 1:
@@ -612,12 +724,27 @@ def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
     for r in records:
         identifiers += [i for i in r.identifiers if i not in identifiers]
     merged_keys = [k for r in records if r.key != survivor.key for k in (r.key, *r.merged_keys)]
+    contacts = np.concatenate([np.asarray(r.contacts, dtype=np.int64).reshape(-1, 2)
+                               for r in records])
+    contacts = contacts[np.argsort(contacts[:, 0], kind="stable")][-MAX_CONTACTS:]
     return ProfileRecord(key=survivor.key, features=by_recency[-1].features.copy(),
+                         contacts=np.ascontiguousarray(contacts),
                          attributes=attributes, counters=counters, identifiers=identifiers,
                          segments=list(survivor.segments),  # changes become triggers
                          merged_keys=survivor.merged_keys + merged_keys,
                          created_at_ms=survivor.created_at_ms,
                          updated_at_ms=by_recency[-1].updated_at_ms)
+
+
+def _move_pending(store, txn, old: int, new: int) -> None:
+    """A merged-away profile's pending actions continue on the survivor (unless it
+    has the same action pending already: the survivor's stays)."""
+    ours = store.pending_actions(txn, new)
+    for name, due_ms in store.pending_actions(txn, old).items():
+        store.cancel_action(txn, old, name)
+        if name not in ours:
+            store.schedule_action(txn, new, name, due_ms,
+                                  msgpack.packb([name, new, due_ms, ""]))
 
 
 def _check_type(v, ftype: str, where: str) -> None:

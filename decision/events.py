@@ -26,6 +26,12 @@ A value is a literal (number, string, bool), ``event.<field>`` (a declared field
 event of this type must carry it), or ``event.time`` (the event's timestamp, ms).
 ``scale`` multiplies numeric values (default 1). Everything is checked when the
 catalog loads; applying an event is a short loop over the compiled actions.
+
+The outcome types ``impression``, ``click``, ``conversion`` and ``dismissal`` always
+exist: an event of one of them names an ``offer_id`` and a ``channel`` and adds a
+contact to the profile's history, which contact policies read
+(``decision.policies``). A catalog may declare them too, to give them fields and
+actions (``[events.conversion]`` adding the amount to a revenue counter, say).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 
 from decision.errors import CatalogError, InvalidArgument
 from decision.layout import AttributeValue, ProfileRecord
+from decision.policies import OUTCOMES
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TYPES = ("number", "string", "bool")
@@ -58,6 +65,7 @@ class EventType(NamedTuple):
     fields: dict[str, str]  # field -> declared type
     required: frozenset[str]  # fields some action reads
     actions: tuple[Action, ...]
+    outcome: int = 0  # impression, click, ...: the contact kind (decision.policies)
 
 
 def parse_event_types(table, feature_names: tuple[str, ...],
@@ -89,7 +97,9 @@ def parse_event_types(table, feature_names: tuple[str, ...],
         compiled = tuple(_action(a, f"{where}.do[{i}]", fields, features, attribute_types)
                          for i, a in enumerate(actions))
         required = frozenset(a.value for a in compiled if a.source == "field")
-        types[name] = EventType(name, dict(fields), required, compiled)
+        types[name] = EventType(name, dict(fields), required, compiled, OUTCOMES.get(name, 0))
+    for name, kind in OUTCOMES.items():  # built in; a catalog may add actions to them
+        types.setdefault(name, EventType(name, {}, frozenset(), (), kind))
     return types
 
 

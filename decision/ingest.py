@@ -30,6 +30,7 @@ from decision import events as event_actions
 from decision.catalog import Catalog
 from decision.errors import DecisionError, InvalidArgument, Unavailable
 from decision.layout import AttributeValue, ProfileRecord
+from decision.policies import contact_tag, record_contact
 from decision.segments import refresh as refresh_segments
 from decision.store import identity_key
 from decision.triggers import record_changes
@@ -47,6 +48,8 @@ class Event(NamedTuple):
     timestamp_ms: int = 0  # 0: now
     channel: str = ""
     attributes: dict[str, AttributeValue | None] = {}  # never mutated
+    offer_id: str = ""  # outcome events: the offer shown / clicked / ...
+    decision_id: str = ""  # outcome events: the Decide answer it came from
 
 
 class TooManyInMessage(NamedTuple):
@@ -73,6 +76,7 @@ class ValidEvent(NamedTuple):
     event_id: bytes
     time_ms: int
     data: dict
+    contact_tag: int = 0  # outcome events: the contact they add (decision.policies)
 
     @property
     def dedupe_key(self) -> bytes:
@@ -100,6 +104,19 @@ def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) ->
     if event.channel and event.channel not in catalog.channels:
         raise InvalidArgument(f"channel: unknown channel {event.channel!r} "
                               f"(known: {', '.join(catalog.channels)})")
+    tag = 0
+    if event_type.outcome:
+        if event.offer_id not in catalog.offer_index:
+            raise InvalidArgument(
+                f"offer_id: {event.type} events need the offer_id Decide returned; "
+                f"{event.offer_id!r} is not an offer of catalog {catalog.version}"
+                if event.offer_id else f"offer_id: required for {event.type} events")
+        if not event.channel:
+            raise InvalidArgument(f"channel: required for {event.type} events (contact "
+                                  "policies count per channel)")
+        tag = contact_tag(event.offer_id, event.channel, event_type.outcome)
+    if len(event.decision_id.encode()) > limits.max_string_bytes:
+        raise InvalidArgument(f"decision_id: longer than {limits.max_string_bytes} bytes")
     if len(event.attributes) > limits.max_context_entries:
         raise InvalidArgument(f"attributes: {len(event.attributes)} entries, at most "
                               f"{limits.max_context_entries}")
@@ -122,15 +139,19 @@ def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) ->
                                   f"{limits.max_string_bytes} bytes")
         data[name] = v
     return ValidEvent(event_type, kind, value, event.event_id.encode(),
-                      event.timestamp_ms or now_ms, data)
+                      event.timestamp_ms or now_ms, data, tag)
 
 
 def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
                 catalog: Catalog) -> list[Outcome]:
     """Apply ``batch`` in one durable write transaction; one Outcome per event. After
-    each event's effects, its profile's segments are re-evaluated, and the segment
-    changes and the event triggers it fires are appended to the trigger log, in the
-    same transaction."""
+    each event's effects (an outcome event also adds its contact to the history the
+    policies read), its profile's segments are re-evaluated, and the segment changes
+    and the event triggers it fires are appended to the trigger log; the delayed
+    actions it cancels or schedules are deleted or written; all in the same
+    transaction."""
+    triggers = catalog.triggers
+    horizon_ms = catalog.policies.horizon_ms
 
     def work(txn) -> list[Outcome]:
         records: dict[int, ProfileRecord] = {}
@@ -150,11 +171,22 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
                                        identifiers=[(ev.kind, ev.value)],
                                        created_at_ms=now_ms)
             event_actions.apply(ev.event_type, record, ev.data, ev.time_ms)
+            if ev.contact_tag:
+                record.contacts = record_contact(record.contacts, ev.time_ms, ev.contact_tag,
+                                                 now_ms, horizon_ms)
             entered, left = refresh_segments(catalog.segments, record)
-            fired = catalog.triggers.fired(ev.event_type.name, record)
+            name = ev.event_type.name
+            fired, scheduled = triggers.fired(name, record)
             if entered or left or fired:
                 record_changes(store, txn, record, entered, left, now_ms, fired,
                                ev.event_id.decode())
+            for action in triggers.cancelled_by.get(name, ()):
+                if not created:
+                    store.cancel_action(txn, record.key, action)
+            for action in scheduled:
+                store.schedule_action(
+                    txn, record.key, action, ev.time_ms + triggers.delayed[action].delay_ms,
+                    msgpack.packb([action, record.key, now_ms, ev.event_id.decode()]))
             record.updated_at_ms = now_ms
             records[record.key] = record
             # later events of the batch see it through the txn; a new profile's

@@ -7,10 +7,15 @@ A profile value is a fixed binary head the kernels read in place, then msgpack::
     2       1     layout version (1)
     3       1     flags (0, reserved)
     4       2     F, the number of features (uint16, little-endian)
-    6       2     reserved (0)
+    6       2     H, the number of contact records (uint16; 0 in records written
+                  before contact policies existed, which read as "no contacts")
     8       8     updated_at_ms (int64, little-endian)
     16      4*F   features, float32 little-endian: read with np.frombuffer, no copy
-    16+4F   ...   msgpack map: {"a": attributes {name: str|float|bool},
+    C       16*H  only when H > 0, at C = 16+4F rounded up to 8: the contact history,
+                  int64 little-endian pairs (at_ms, tag), oldest first, read in place
+                  by the policy kernel (``decision.policies`` explains the tag)
+    T       ...   msgpack map, at T = 16+4F when H = 0, else C+16H:
+                               {"a": attributes {name: str|float|bool},
                                 "c": counters {name: float},
                                 "i": identifiers [[kind, value], ...],
                                 "s": segments the profile belongs to [name, ...],
@@ -37,8 +42,11 @@ MAGIC = b"DP"
 LAYOUT_VERSION = 1
 HEAD = struct.Struct("<2sBBHHq")
 HEAD_SIZE = HEAD.size  # 16
+MAX_CONTACTS = 0xFFFF
 
 AttributeValue = str | float | bool
+NO_CONTACTS = np.zeros((0, 2), dtype="<i8")
+NO_CONTACTS.flags.writeable = False  # same numba type as a view over the map
 
 
 @dataclass
@@ -54,18 +62,31 @@ class ProfileRecord:
     merged_keys: list[int] = field(default_factory=list)  # profiles merged into this one
     created_at_ms: int = 0
     updated_at_ms: int = 0
+    contacts: np.ndarray = field(default_factory=lambda: NO_CONTACTS)  # int64[H, 2]: (at_ms, tag), oldest first
+
+
+def _contacts_offset(n_features: int) -> int:
+    return (HEAD_SIZE + 4 * n_features + 7) & ~7
 
 
 def encode(record: ProfileRecord) -> bytes:
     features = np.ascontiguousarray(record.features, dtype="<f4")
-    head = HEAD.pack(MAGIC, LAYOUT_VERSION, 0, features.shape[0], 0, record.updated_at_ms)
+    contacts = np.ascontiguousarray(record.contacts, dtype="<i8").reshape(-1, 2)
+    n_contacts = contacts.shape[0]
+    if n_contacts > MAX_CONTACTS:
+        raise ValueError(f"{n_contacts} contact records, at most {MAX_CONTACTS}")
+    head = HEAD.pack(MAGIC, LAYOUT_VERSION, 0, features.shape[0], n_contacts,
+                     record.updated_at_ms)
+    body = head + features.tobytes()
+    if n_contacts:
+        body += bytes(_contacts_offset(features.shape[0]) - len(body)) + contacts.tobytes()
     tail = msgpack.packb(
         {"a": record.attributes, "c": record.counters,
          "i": [list(i) for i in record.identifiers], "s": record.segments,
          "m": record.merged_keys, "t": record.created_at_ms},
         use_bin_type=True,
     )
-    return head + features.tobytes() + tail
+    return body + tail
 
 
 def check_head(buf, key: int, n_expected: int | None = None) -> int:
@@ -73,14 +94,14 @@ def check_head(buf, key: int, n_expected: int | None = None) -> int:
     given); return the feature count."""
     if len(buf) < HEAD_SIZE:
         raise CorruptProfile(f"profile {key:016x}: value of {len(buf)} bytes is too short")
-    magic, version, _flags, n_features, _reserved, _updated = HEAD.unpack_from(buf)
+    magic, version, _flags, n_features, _contacts, _updated = HEAD.unpack_from(buf)
     if magic != MAGIC or version != LAYOUT_VERSION:
         raise CorruptProfile(
             f"profile {key:016x}: not a profile of layout {LAYOUT_VERSION} "
             f"(magic {magic!r}, version {version})"
         )
-    if len(buf) < HEAD_SIZE + 4 * n_features:
-        raise CorruptProfile(f"profile {key:016x}: truncated feature vector")
+    if len(buf) < tail_offset(buf, n_features):
+        raise CorruptProfile(f"profile {key:016x}: truncated feature vector or contacts")
     if n_expected is not None and n_features != n_expected:
         raise CorruptProfile(f"profile {key:016x}: {n_features} features stored, the "
                              f"store's schema has {n_expected}")
@@ -92,6 +113,29 @@ def feature_view(buf, n_features: int) -> np.ndarray:
     return np.frombuffer(buf, dtype="<f4", count=n_features, offset=HEAD_SIZE)
 
 
+def contact_count(buf) -> int:
+    return _CONTACTS.unpack_from(buf, 6)[0]
+
+
+def tail_offset(buf, n_features: int) -> int:
+    n_contacts = contact_count(buf)
+    if not n_contacts:
+        return HEAD_SIZE + 4 * n_features
+    return _contacts_offset(n_features) + 16 * n_contacts
+
+
+def contacts_view(buf, n_features: int) -> np.ndarray:
+    """int64[H, 2] over ``buf`` itself (read-only; ``NO_CONTACTS`` when H = 0)."""
+    n_contacts = contact_count(buf)
+    if not n_contacts:
+        return NO_CONTACTS
+    return np.frombuffer(buf, dtype="<i8", count=2 * n_contacts,
+                         offset=_contacts_offset(n_features)).reshape(n_contacts, 2)
+
+
+_CONTACTS = struct.Struct("<H")
+
+
 _TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "t": int}
 _TAIL_OPTIONAL = {"s": list, "m": list}  # added within layout 1: absent means empty
 
@@ -99,7 +143,7 @@ _TAIL_OPTIONAL = {"s": list, "m": list}  # added within layout 1: absent means e
 def decode_tail(buf, n_features: int, key: int) -> dict:
     """The msgpack part, with every documented key present and of its type."""
     try:
-        tail = msgpack.unpackb(buf[HEAD_SIZE + 4 * n_features:], raw=False)
+        tail = msgpack.unpackb(buf[tail_offset(buf, n_features):], raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise CorruptProfile(f"profile {key:016x}: undecodable attributes ({exc})") from None
     if not isinstance(tail, dict):
@@ -135,4 +179,5 @@ def decode(buf, key: int) -> ProfileRecord:
         merged_keys=[int(k) for k in tail["m"]],
         created_at_ms=tail["t"],
         updated_at_ms=HEAD.unpack_from(buf)[5],
+        contacts=contacts_view(buf, n_features).copy(),
     )

@@ -10,6 +10,10 @@ db             key                              value
 ``events``     event_id (UTF-8)                 msgpack [profile key, applied at ms]:
                                                 the ids of applied events (dedupe)
 ``triggers``   cursor, uint64 big-endian         msgpack trigger (``decision.triggers``)
+``schedule``   due ms, profile key (uint64 BE   msgpack [trigger name, profile key,
+               each), trigger name              scheduled at ms, event_id]: delayed
+                                                actions in due order
+``pending``    profile key (BE) + trigger name  the ``schedule`` key of that action
 ``meta``       ASCII name                       ``schema``: msgpack {"layout", "features"};
                                                 ``next_key``: uint64 big-endian;
                                                 ``catalog_version``: UTF-8, the catalog
@@ -155,6 +159,8 @@ class ProfileStore:
         self.meta_db = self.env.open_db(b"meta", create=not readonly)
         self.events_db = self.env.open_db(b"events", create=not readonly)
         self.triggers_db = self.env.open_db(b"triggers", create=not readonly)
+        self.schedule_db = self.env.open_db(b"schedule", create=not readonly)
+        self.pending_db = self.env.open_db(b"pending", create=not readonly)
         self.committed = threading.Condition()  # notified after every write commit
 
     def close(self) -> None:
@@ -278,6 +284,9 @@ class ProfileStore:
         by profile; about 0.3 s per million records, holding the writer lock)."""
         events = self._delete_where(txn, self.events_db, 0, keys)
         self._delete_where(txn, self.triggers_db, 2, keys)
+        for key in keys:
+            for name in self.pending_actions(txn, key):
+                self.cancel_action(txn, key, name)
         return events
 
     @staticmethod
@@ -314,6 +323,58 @@ class ProfileStore:
                     if len(out) >= limit:
                         break
         return out
+
+    # ------------------------------------------------------------- delayed actions
+    def schedule_action(self, txn: lmdb.Transaction, key: int, name: str, due_ms: int,
+                        value: bytes) -> None:
+        """Schedule (or move) the customer's pending action ``name`` to ``due_ms``."""
+        self.cancel_action(txn, key, name)
+        row = profile_key_bytes(max(0, due_ms)) + profile_key_bytes(key) + name.encode()
+        txn.put(row, value, db=self.schedule_db)
+        txn.put(profile_key_bytes(key) + name.encode(), row, db=self.pending_db)
+
+    def cancel_action(self, txn: lmdb.Transaction, key: int, name: str) -> bool:
+        """Delete the customer's pending action ``name``; False when there was none."""
+        pending = profile_key_bytes(key) + name.encode()
+        row = txn.get(pending, db=self.pending_db)
+        if row is None:
+            return False
+        txn.delete(bytes(row), db=self.schedule_db)
+        txn.delete(pending, db=self.pending_db)
+        return True
+
+    def pending_actions(self, txn: lmdb.Transaction, key: int) -> dict[str, int]:
+        """The customer's pending actions: {name: due ms}."""
+        prefix = profile_key_bytes(key)
+        out = {}
+        c = txn.cursor(db=self.pending_db)
+        if c.set_range(prefix):
+            for k, row in c:
+                k = bytes(k)
+                if not k.startswith(prefix):
+                    break
+                out[k[KEY_BYTES:].decode()] = int.from_bytes(bytes(row)[:KEY_BYTES], "big")
+        return out
+
+    def take_due(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> list[bytes]:
+        """Remove and return up to ``limit`` actions due at ``now_ms`` (earliest first)."""
+        rows = []
+        c = txn.cursor(db=self.schedule_db)
+        if c.first():
+            for row, value in c:
+                if int.from_bytes(bytes(row)[:KEY_BYTES], "big") > now_ms or len(rows) >= limit:
+                    break
+                rows.append((bytes(row), bytes(value)))
+        for row, _ in rows:
+            txn.delete(row, db=self.schedule_db)
+            txn.delete(row[KEY_BYTES:], db=self.pending_db)
+        return [value for _, value in rows]
+
+    def next_due_ms(self) -> int | None:
+        """When the earliest pending action is due, or None."""
+        with self.reader() as r:
+            c = r._txn.cursor(db=self.schedule_db)
+            return int.from_bytes(bytes(c.key())[:KEY_BYTES], "big") if c.first() else None
 
     def wait_for_commit(self, timeout: float) -> None:
         """Sleep until this process commits a write, or ``timeout`` (writes by other

@@ -19,6 +19,8 @@ import pytest
 
 from decision.rules import FieldTable, ProgramBuilder, string_id
 from kernels import eligibility as vm
+from decision.layout import NO_CONTACTS
+from decision.policies import PolicySet
 from kernels.decide import decide_offers
 from kernels.eligibility import eligible_mask, eligible_mask_reference
 from kernels.scoring import (
@@ -234,7 +236,8 @@ def test_shared_rules_compile_once_and_memo_matches_reference(seed):
         np.testing.assert_array_equal(quiet(eligible_mask, *args), want)
         x = rng.normal(0, 1, features).astype(np.float32)
         fused = quiet(decide_offers, code, programs, consts, slots, masks, window, offer_value,
-                      weights, bias, x, channel_bit, placement_bit, NOW, 10, 3)
+                      weights, bias, x, channel_bit, placement_bit, NOW, 10, 3, NO_CONTACTS,
+                      no_policies(n))
         assert fused[3] == want.sum()
 
 
@@ -514,6 +517,11 @@ def composed(code, programs, consts, slots, masks, window, offer_value, weights,
     return chosen, s[chosen], p[chosen], int(mask.sum()), r_feature, r_weight
 
 
+def no_policies(n: int) -> tuple:
+    """The kernel's policy arguments for a catalog of n offers without policies."""
+    return PolicySet([], ("c0",), [f"offer-{i}" for i in range(n)]).arrays
+
+
 def random_values(rng, n: int) -> np.ndarray:
     value = rng.choice([0.0, 5.0, 10.0, 20.0, 45.0], n)
     lever = rng.choice([0.0, 0.5, 1.0, 1.0, 1.0, 2.0], n)
@@ -531,7 +539,9 @@ def check_fused(rng, n, f, k, n_reasons, readonly, distinct_rows=None, requests=
         slots, channel_bit, placement_bit = random_request(rng)
         args = (code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
                 channel_bit, placement_bit, NOW, k, n_reasons)
-        chosen, score, prop, eligible, r_feature, r_weight = quiet(decide_offers, *args)
+        chosen, score, prop, eligible, r_feature, r_weight, blocked = quiet(
+            decide_offers, *args, NO_CONTACTS, no_policies(n))
+        assert (blocked == -1).all()
         w_chosen, w_score, w_prop, w_eligible, w_feature, w_weight = quiet(composed, *args)
         assert chosen.dtype == np.int32
         np.testing.assert_array_equal(chosen, w_chosen)
@@ -581,9 +591,9 @@ def test_decide_offers_tie_break_by_hand():
     bias = np.zeros(n)
     x = np.array([1.0, 2.0], dtype=np.float32)
     x.flags.writeable = False
-    chosen, score, prop, eligible, r_feature, r_weight = decide_offers(
+    chosen, score, prop, eligible, r_feature, r_weight, _ = decide_offers(
         code, programs, np.zeros(0), np.zeros(0), masks, window, offer_value, weights, bias,
-        x, 1, 0, NOW, 10, 2)
+        x, 1, 0, NOW, 10, 2, NO_CONTACTS, no_policies(n))
     assert chosen.tolist() == [0, 2, 3, 4]   # 5.0, 5.0, 5.0, 0.0: ties by index
     assert score.tolist() == [5.0, 5.0, 5.0, 0.0]
     assert prop.tolist() == [0.5] * 4
