@@ -339,7 +339,7 @@ class Engine:
                 contacts = layout.contacts_view(buf, n_features)
             if active.profile_slots:
                 tail = layout.decode_tail(buf, n_features, key)
-                _fill_profile_slots(active.profile_slots, tail, slots)
+                fill_profile_slots(active.profile_slots, tail, slots)
         chosen, score, prop, eligible, r_feature, r_weight, blocked = decide_offers(
             catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
             catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
@@ -690,7 +690,7 @@ def _unknown_placement(catalog: Catalog, placement: str):
         f"(known: {', '.join(catalog.placements) or 'none declared'})")
 
 
-def _fill_profile_slots(profile_slots, tail: dict, slots: np.ndarray) -> None:
+def fill_profile_slots(profile_slots, tail: dict, slots: np.ndarray) -> None:
     """The rule slots read from a stored profile: attributes, counters, segments."""
     attributes, counters, segments = tail["a"], tail["c"], tail["s"]
     for namespace, name, slot, ftype in profile_slots:

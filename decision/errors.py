@@ -38,6 +38,12 @@ class Unavailable(DecisionError):
     status = "UNAVAILABLE"
 
 
+class ResourceExhausted(DecisionError):
+    """A bounded resource is in use (a campaign already running, say): retry later."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
 class CatalogError(InvalidArgument):
     """The catalog file cannot be loaded; the message names the offer and the reason."""
 

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,7 +30,8 @@ from decision.catalog import Catalog, Offer
 from decision.engine import (
     DecideQuery, Decision, Engine, Identifier, ProfileUpdate,
 )
-from decision.errors import DecisionError
+from decision.campaign import FORMATS, CampaignSpec, run_campaign
+from decision.errors import DecisionError, InvalidArgument
 from decision.ingest import Event, TooManyInMessage
 from decision.layout import ProfileRecord
 from decision.settings import Settings
@@ -39,6 +41,7 @@ from decision.triggers import decode as decode_trigger
 from decision.wire import OfferEncodings, encode_decision
 
 log = logging.getLogger("decision.server")
+_CAMPAIGN_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 
 
@@ -68,7 +71,8 @@ def _identifier(msg: pb.Identifier) -> Identifier:
 def _event(msg: pb.Event) -> Event:
     return Event(type=msg.type, customer=_identifier(msg.customer), event_id=msg.event_id,
                  timestamp_ms=msg.timestamp_ms, channel=msg.channel,
-                 attributes={k: _value(v) for k, v in msg.attributes.items()})
+                 attributes={k: _value(v) for k, v in msg.attributes.items()},
+                 offer_id=msg.offer_id, decision_id=msg.decision_id)
 
 
 def _value(msg: pb.Value):
@@ -90,6 +94,9 @@ def decision_message(d: Decision) -> pb.DecideResponse:
     return pb.DecideResponse(
         decision_id=d.decision_id, cold_start=d.cold_start, eligible_count=d.eligible_count,
         catalog_version=d.catalog_version, decided_at_ms=d.decided_at_ms,
+        deliver_at_ms=d.deliver_at_ms, timing=d.timing,
+        removed=[pb.RemovedOffer(offer_id=o.id, reason=pb.Reason(code=r.code, detail=r.detail))
+                 for o, r in d.removed_offers],
         offers=[pb.DecidedOffer(
             offer_id=r.offer.id, name=r.offer.name, rank=r.rank, score=r.score,
             propensity=r.propensity, value=r.offer.value, lever=r.offer.lever,
@@ -98,6 +105,36 @@ def decision_message(d: Decision) -> pb.DecideResponse:
                      for x in r.reasons],
         ) for r in d.offers],
     )
+
+
+def _trigger(t, catalog: Catalog) -> pb.Trigger:
+    msg = pb.Trigger(cursor=t.cursor, kind=t.kind, name=t.name,
+                     profile_key=f"{t.profile_key:016x}",
+                     identifiers=[pb.Identifier(kind=k, value=v) for k, v in t.identifiers],
+                     at_ms=t.at_ms, event_id=t.event_id)
+    d = t.decision
+    if d is not None:
+        msg.channel = d["channel"]
+        msg.decision.CopyFrom(pb.DecideResponse(
+            decision_id=d["id"], decided_at_ms=t.at_ms, deliver_at_ms=d["deliver_at_ms"],
+            timing=d["timing"], catalog_version=catalog.version,
+            eligible_count=len(d["offers"]),
+            offers=[_triggered_offer(catalog, rank, *o)
+                    for rank, o in enumerate(d["offers"], 1)]))
+    return msg
+
+
+def _triggered_offer(catalog: Catalog, rank: int, offer_id: str, score: float,
+                     propensity: float) -> pb.DecidedOffer:
+    """An offer an action decided, described by the active catalog (when it still has
+    the offer)."""
+    msg = pb.DecidedOffer(offer_id=offer_id, rank=rank, score=score, propensity=propensity)
+    index = catalog.offer_index.get(offer_id)
+    if index is not None:
+        o = catalog.offers[index]
+        msg.name, msg.value, msg.lever, msg.creative_json = (o.name, o.value, o.lever,
+                                                             o.creative_json)
+    return msg
 
 
 def _profile(p: ProfileRecord, feature_names: tuple[str, ...]) -> pb.Profile:
@@ -155,6 +192,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             placement=request.placement,
             limit=request.limit if request.HasField("limit") else None,
             context={k: _value(v) for k, v in request.context.items()},
+            explain=request.explain,
         )
         decision = self.engine.decide(query)
         encodings = self._encodings.get(decision.prepared.catalog)
@@ -247,14 +285,29 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             batch = store.triggers_from(cursor, TRIGGER_BATCH)
             for position, value in batch:
                 t = decode_trigger(position, value)
-                yield pb.Trigger(cursor=t.cursor, kind=t.kind, name=t.name,
-                                 profile_key=f"{t.profile_key:016x}",
-                                 identifiers=[pb.Identifier(kind=k, value=v)
-                                              for k, v in t.identifiers],
-                                 at_ms=t.at_ms, event_id=t.event_id)
+                yield _trigger(t, self.engine.catalog)
                 cursor = position + 1
             if not batch:  # woken by a commit here; another process's is seen by polling
                 store.wait_for_commit(TRIGGER_POLL_S)
+
+    @_rpc
+    def RunCampaign(self, request: pb.CampaignRequest, context) -> pb.CampaignSummary:
+        if not _CAMPAIGN_NAME.match(request.name):
+            raise InvalidArgument("name: the file's name, 1-64 letters, digits, '_', '-' or "
+                                  f"'.' (not starting with '.'), got {request.name!r}")
+        fmt = request.format or "csv"
+        if fmt not in FORMATS:
+            raise InvalidArgument(f"format: {', '.join(FORMATS)}, got {fmt!r}")
+        spec = CampaignSpec(
+            segment=request.segment, channel=request.channel, placement=request.placement,
+            limit=request.limit if request.HasField("limit") else 1,
+            context={k: _value(v) for k, v in request.context.items()})
+        path = self.engine.settings.campaign_dir / f"{request.name}.{fmt}"
+        s = run_campaign(self.engine, spec, path, fmt)
+        return pb.CampaignSummary(
+            path=str(s.path), members=s.members, decided=s.decided, rows=s.rows,
+            skipped=s.skipped, seconds=s.seconds, catalog_version=s.catalog_version,
+            decided_at_ms=s.decided_at_ms, campaign_id=s.campaign_id)
 
     @_rpc
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
@@ -297,6 +350,7 @@ def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
 
 
 CATALOG_SYNC_SECONDS = 1.0
+SCHEDULER_POLL_S = 0.1  # how often each process looks for delayed actions come due
 TRIGGER_BATCH = 256  # log entries read per transaction by a watcher
 TRIGGER_POLL_S = 0.005  # how often a watcher looks for other processes' triggers
 
@@ -310,6 +364,7 @@ class Running:
     stopping: threading.Event
     servicer: DecisionServicer
     follower: threading.Thread | None = None
+    scheduler: threading.Thread | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (draining requests in flight for ``grace`` seconds) and close
@@ -318,8 +373,9 @@ class Running:
         self.servicer.closing.set()  # trigger streams end now instead of at the grace
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        if self.follower is not None:
-            self.follower.join()
+        for thread in (self.follower, self.scheduler):
+            if thread is not None:
+                thread.join()
         with self.engine.reload_lock:  # a SIGHUP reload may still be compiling
             self.engine.close()  # queued events are committed first
 
@@ -338,6 +394,15 @@ def _follow_catalog(running: Running) -> None:
                       "still serving %s: %s", running.engine.catalog.version, exc)
         except Exception:  # keep following whatever happened; the log has the trace
             log.exception("catalog follower: unexpected error")
+
+
+def _run_scheduler(running: Running) -> None:
+    """Fire delayed actions as they come due (every process does; each fires once)."""
+    while not running.stopping.wait(SCHEDULER_POLL_S):
+        try:
+            running.engine.fire_due()
+        except Exception:  # keep firing whatever happened; the log has the trace
+            log.exception("scheduler: unexpected error")
 
 
 def create_server(settings: Settings, engine: Engine | None = None,
@@ -368,6 +433,9 @@ def start(running: Running) -> None:
     running.follower = threading.Thread(target=_follow_catalog, args=(running,),
                                         name="decision-catalog", daemon=True)
     running.follower.start()
+    running.scheduler = threading.Thread(target=_run_scheduler, args=(running,),
+                                         name="decision-scheduler", daemon=True)
+    running.scheduler.start()
     for name in ("", SERVICE_NAME):
         running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

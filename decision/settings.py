@@ -61,6 +61,8 @@ class Settings:
     ``durable``         fsync every commit (True) or leave it to the OS (False: fast,
                         survives a killed process, not a machine crash).
     ``identifier_kinds`` the kinds of customer identifiers the store accepts.
+    ``campaign_dir``    where RunCampaign writes its files (default: ``campaigns``
+                        beside the data directory).
     """
 
     data_dir: Path
@@ -72,10 +74,13 @@ class Settings:
     durable: bool = True
     identifier_kinds: tuple[str, ...] = DEFAULT_IDENTIFIER_KINDS
     limits: Limits = field(default_factory=Limits)
+    campaign_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "catalog_path", Path(self.catalog_path))
+        object.__setattr__(self, "campaign_dir", Path(self.campaign_dir) if self.campaign_dir
+                           else self.data_dir.parent / "campaigns")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.threads < 1:

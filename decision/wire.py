@@ -55,6 +55,10 @@ _COLD_START = _tag(_F["cold_start"], _VARINT) + b"\x01"
 _T_ELIGIBLE_COUNT = _tag(_F["eligible_count"], _VARINT)
 _T_CATALOG_VERSION = _tag(_F["catalog_version"], _LEN)
 _T_DECIDED_AT = _tag(_F["decided_at_ms"], _VARINT)
+_T_DELIVER_AT = _tag(_F["deliver_at_ms"], _VARINT)
+_T_REMOVED = _tag(_F["removed"], _LEN)
+_TIMING_NOW = _length_delimited(_tag(_F["timing"], _LEN), b"now")
+_T_TIMING = _tag(_F["timing"], _LEN)
 _T_RANK = _tag(_O["rank"], _VARINT)
 _T_SCORE = _tag(_O["score"], _I64)
 _T_PROPENSITY = _tag(_O["propensity"], _I64)
@@ -107,5 +111,14 @@ def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
     if cold:
         parts.append(_COLD_START)
     parts += (_T_ELIGIBLE_COUNT, _varint(d.eligible_count), enc.version, _T_DECIDED_AT,
-              _varint(d.decided_at_ms))
+              _varint(d.decided_at_ms), _T_DELIVER_AT, _varint(d.deliver_at_ms))
+    if d.timing == "now":
+        parts.append(_TIMING_NOW)
+    else:
+        timing = d.timing.encode()
+        parts += (_T_TIMING, _varint(len(timing)), timing)
+    for offer, reason in d.removed_offers:  # explain only: rare, built with the classes
+        parts.append(_length_delimited(_T_REMOVED, pb.RemovedOffer(
+            offer_id=offer.id, reason=pb.Reason(code=reason.code, detail=reason.detail),
+        ).SerializeToString()))
     return b"".join(parts)

@@ -25,7 +25,7 @@ class Value(_message.Message):
     def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("customer", "channel", "placement", "limit", "context")
+    __slots__ = ("customer", "channel", "placement", "limit", "context", "explain")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,12 +38,22 @@ class DecideRequest(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     customer: Identifier
     channel: str
     placement: str
     limit: int
     context: _containers.MessageMap[str, Value]
-    def __init__(self, customer: _Optional[_Union[Identifier, _Mapping]] = ..., channel: _Optional[str] = ..., placement: _Optional[str] = ..., limit: _Optional[int] = ..., context: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    explain: bool
+    def __init__(self, customer: _Optional[_Union[Identifier, _Mapping]] = ..., channel: _Optional[str] = ..., placement: _Optional[str] = ..., limit: _Optional[int] = ..., context: _Optional[_Mapping[str, Value]] = ..., explain: _Optional[bool] = ...) -> None: ...
+
+class RemovedOffer(_message.Message):
+    __slots__ = ("offer_id", "reason")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    reason: Reason
+    def __init__(self, offer_id: _Optional[str] = ..., reason: _Optional[_Union[Reason, _Mapping]] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "detail", "weight")
@@ -78,20 +88,26 @@ class DecidedOffer(_message.Message):
     def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., creative_json: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "offers", "cold_start", "eligible_count", "catalog_version", "decided_at_ms")
+    __slots__ = ("decision_id", "offers", "cold_start", "eligible_count", "catalog_version", "decided_at_ms", "deliver_at_ms", "timing", "removed")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     offers: _containers.RepeatedCompositeFieldContainer[DecidedOffer]
     cold_start: bool
     eligible_count: int
     catalog_version: str
     decided_at_ms: int
-    def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ...) -> None: ...
+    deliver_at_ms: int
+    timing: str
+    removed: _containers.RepeatedCompositeFieldContainer[RemovedOffer]
+    def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., deliver_at_ms: _Optional[int] = ..., timing: _Optional[str] = ..., removed: _Optional[_Iterable[_Union[RemovedOffer, _Mapping]]] = ...) -> None: ...
 
 class GetProfileRequest(_message.Message):
     __slots__ = ("customer",)
@@ -223,7 +239,7 @@ class CatalogInfo(_message.Message):
     def __init__(self, version: _Optional[str] = ..., offer_count: _Optional[int] = ..., channels: _Optional[_Iterable[str]] = ..., placements: _Optional[_Iterable[str]] = ..., loaded_at_ms: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "type", "customer", "timestamp_ms", "channel", "attributes")
+    __slots__ = ("event_id", "type", "customer", "timestamp_ms", "channel", "attributes", "offer_id", "decision_id")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -237,13 +253,17 @@ class Event(_message.Message):
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: str
     customer: Identifier
     timestamp_ms: int
     channel: str
     attributes: _containers.MessageMap[str, Value]
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., customer: _Optional[_Union[Identifier, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., channel: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    offer_id: str
+    decision_id: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., customer: _Optional[_Union[Identifier, _Mapping]] = ..., timestamp_ms: _Optional[int] = ..., channel: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., offer_id: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)
@@ -322,7 +342,7 @@ class WatchTriggersRequest(_message.Message):
     def __init__(self, from_cursor: _Optional[int] = ..., from_end: _Optional[bool] = ...) -> None: ...
 
 class Trigger(_message.Message):
-    __slots__ = ("cursor", "kind", "name", "profile_key", "identifiers", "at_ms", "event_id")
+    __slots__ = ("cursor", "kind", "name", "profile_key", "identifiers", "at_ms", "event_id", "decision", "channel")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +350,8 @@ class Trigger(_message.Message):
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     kind: str
     name: str
@@ -337,4 +359,53 @@ class Trigger(_message.Message):
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     at_ms: int
     event_id: str
-    def __init__(self, cursor: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., at_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
+    decision: DecideResponse
+    channel: str
+    def __init__(self, cursor: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., at_ms: _Optional[int] = ..., event_id: _Optional[str] = ..., decision: _Optional[_Union[DecideResponse, _Mapping]] = ..., channel: _Optional[str] = ...) -> None: ...
+
+class CampaignRequest(_message.Message):
+    __slots__ = ("segment", "channel", "placement", "limit", "context", "name", "format")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    channel: str
+    placement: str
+    limit: int
+    context: _containers.MessageMap[str, Value]
+    name: str
+    format: str
+    def __init__(self, segment: _Optional[str] = ..., channel: _Optional[str] = ..., placement: _Optional[str] = ..., limit: _Optional[int] = ..., context: _Optional[_Mapping[str, Value]] = ..., name: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+
+class CampaignSummary(_message.Message):
+    __slots__ = ("path", "members", "decided", "rows", "skipped", "seconds", "catalog_version", "decided_at_ms", "campaign_id")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    members: int
+    decided: int
+    rows: int
+    skipped: int
+    seconds: float
+    catalog_version: str
+    decided_at_ms: int
+    campaign_id: str
+    def __init__(self, path: _Optional[str] = ..., members: _Optional[int] = ..., decided: _Optional[int] = ..., rows: _Optional[int] = ..., skipped: _Optional[int] = ..., seconds: _Optional[float] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., campaign_id: _Optional[str] = ...) -> None: ...

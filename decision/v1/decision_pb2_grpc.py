@@ -84,6 +84,11 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.WatchTriggersRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.Trigger.FromString,
                 _registered_method=True)
+        self.RunCampaign = channel.unary_unary(
+                '/decision.v1.DecisionService/RunCampaign',
+                request_serializer=decision_dot_v1_dot_decision__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.CampaignSummary.FromString,
+                _registered_method=True)
         self.ReloadCatalog = channel.unary_unary(
                 '/decision.v1.DecisionService/ReloadCatalog',
                 request_serializer=decision_dot_v1_dot_decision__pb2.ReloadCatalogRequest.SerializeToString,
@@ -193,6 +198,17 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunCampaign(self, request, context):
+        """Inspire: decide for every member of a segment on an (outbound) channel in one
+        batch, with the same catalog, rules, contact policies and model as Decide, and
+        write the send file (one row per customer and offer, with the send time the
+        channel's pace gives) into the server's campaign directory. One campaign runs
+        at a time per server process (RESOURCE_EXHAUSTED while another runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReloadCatalog(self, request, context):
         """Reload the catalog file the server was started with. The new catalog is
         compiled aside and swapped in atomically: requests in flight finish on the old
@@ -250,6 +266,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.WatchTriggers,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.WatchTriggersRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.Trigger.SerializeToString,
+            ),
+            'RunCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCampaign,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.CampaignRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.CampaignSummary.SerializeToString,
             ),
             'ReloadCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadCatalog,
@@ -505,6 +526,33 @@ class DecisionService:
             '/decision.v1.DecisionService/WatchTriggers',
             decision_dot_v1_dot_decision__pb2.WatchTriggersRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.Trigger.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/RunCampaign',
+            decision_dot_v1_dot_decision__pb2.CampaignRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.CampaignSummary.FromString,
             options,
             channel_credentials,
             insecure,

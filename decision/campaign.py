@@ -1,0 +1,258 @@
+"""Inspire: decide for every member of a segment at once, and write the send file.
+
+``run_campaign`` reads the profiles in key order, a chunk at a time (one read
+transaction per chunk: servers keep serving and writing meanwhile; each chunk is a
+consistent snapshot), keeps the segment's members, and ranks the whole chunk with
+one call of ``kernels.decide.decide_batch``: the same catalog arrays, rules, contact
+policies and model as ``Decide``, in parallel over customers (``prange``). Send
+times follow the channel's pace (``decision.pace``) in each customer's time zone.
+
+The file has one row per (customer, offer): ``customer_kind, customer_id,
+profile_key, rank, offer_id, score, propensity, send_at (ISO 8601, UTC),
+send_at_ms, decision_id``, as CSV (with a header) or JSON lines. A member with no
+eligible offer gets no row. The decision id of a row is the campaign id, a dot and
+the member's number; send it back with the outcome events like Decide's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+from decision import layout
+from decision.engine import fill_profile_slots
+from decision.errors import CorruptProfile, InvalidArgument, ResourceExhausted
+from kernels.decide import decide_batch
+
+FORMATS = ("csv", "jsonl")
+COLUMNS = ("customer_kind", "customer_id", "profile_key", "rank", "offer_id", "score",
+           "propensity", "send_at", "send_at_ms", "decision_id")
+CHUNK = 32_768  # profiles read per transaction (and ranked per kernel call)
+_RUNNING = threading.Lock()  # numba's parallel runtime takes one caller at a time
+
+
+class CampaignSpec(NamedTuple):
+    segment: str
+    channel: str
+    placement: str = ""
+    limit: int = 1
+    context: Mapping = {}
+
+
+class CampaignSummary(NamedTuple):
+    path: Path
+    members: int  # profiles in the segment
+    decided: int  # members with at least one offer
+    rows: int
+    skipped: int  # unreadable profiles (corrupt), left out
+    seconds: float
+    catalog_version: str
+    decided_at_ms: int
+    campaign_id: str
+
+
+def format_for(path: Path, fmt: str = "") -> str:
+    """The file format: ``fmt`` if given, else from the file's extension."""
+    fmt = fmt or {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix, "")
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"format: {', '.join(FORMATS)} (or a path ending in .csv or "
+                              f".jsonl), got {fmt or path.suffix!r}")
+    return fmt
+
+
+def run_campaign(engine, spec: CampaignSpec, out: Path, fmt: str = "",
+                 progress: bool = False) -> CampaignSummary:
+    """Decide for every member of ``spec.segment`` and write ``out``; see the module."""
+    fmt = format_for(out, fmt)
+    active = engine._active  # one catalog version for the whole campaign
+    catalog = active.catalog
+    if spec.segment not in catalog.segments.names:
+        raise InvalidArgument(f"segment: unknown segment {spec.segment!r} (known: "
+                              f"{', '.join(catalog.segments.names) or 'none declared'})")
+    channel_bit = active.channel_bits.get(spec.channel)
+    if channel_bit is None:
+        raise InvalidArgument(f"channel: unknown channel {spec.channel!r} (known: "
+                              f"{', '.join(catalog.channels)})")
+    placement_bit = 0
+    if spec.placement:
+        placement_bit = active.placement_bits.get(spec.placement)
+        if placement_bit is None:
+            raise InvalidArgument(f"placement: unknown placement {spec.placement!r} (known: "
+                                  f"{', '.join(catalog.placements) or 'none declared'})")
+    if not 1 <= spec.limit <= engine.limits.max_offers:
+        raise InvalidArgument(f"limit: must be between 1 and {engine.limits.max_offers}, "
+                              f"got {spec.limit}")
+    base = np.full(active.n_slots, math.nan)
+    engine._fill_context(active, spec.context, base)
+    if not _RUNNING.acquire(blocking=False):
+        raise ResourceExhausted("a campaign is already running in this server process; "
+                                "retry when it has finished")
+    try:
+        return _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progress)
+    finally:
+        _RUNNING.release()
+
+
+def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progress):
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    catalog = active.catalog
+    now = engine.clock()
+    decided_ms = int(now * 1000)
+    campaign_id = f"c{decided_ms & 0xFFFFFFFFFFFF:012x}"
+    pace = catalog.pace[spec.channel]
+    sends: dict = {}  # time zone -> (send_at, send_at_ms): one computation per zone
+    reader = _ChunkReader(engine.store, active, spec.segment, base,
+                          pace.timezone_attribute if pace.later else "")
+    offer_ids = [o.id for o in catalog.offers]
+    members = decided = rows = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    bar = tqdm(total=engine.store.count(), unit=" profiles", disable=not progress,
+               desc=f"campaign {spec.segment} -> {spec.channel}", unit_scale=True)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        write = _writer(f, fmt)
+        while True:
+            chunk = reader.next()
+            if chunk is None:
+                break
+            bar.update(chunk.scanned)
+            m = len(chunk.who)
+            if not m:
+                continue
+            chosen, score, prop, filled, _eligible = decide_batch(
+                catalog.code, catalog.programs, catalog.consts, chunk.slots,
+                catalog.offer_masks, catalog.offer_window, catalog.offer_value,
+                catalog.weights, catalog.bias, chunk.features, chunk.contacts,
+                chunk.contact_start, channel_bit, placement_bit, now, spec.limit,
+                active.policies)
+            chosen, score, prop, filled = (chosen.tolist(), score.tolist(), prop.tolist(),
+                                           filled.tolist())
+            batch = []
+            for c, (kind, value, key, zone) in enumerate(chunk.who):
+                if not filled[c]:
+                    continue
+                send = sends.get(zone)
+                if send is None:
+                    t = pace.deliver_at(decided_ms, zone)
+                    send = sends[zone] = (_iso(t.deliver_at_ms), t.deliver_at_ms)
+                decision_id = f"{campaign_id}.{members + c}"
+                profile_key = f"{key:016x}"
+                for r in range(filled[c]):
+                    batch.append((kind, value, profile_key, r + 1, offer_ids[chosen[c][r]],
+                                  score[c][r], prop[c][r], send[0], send[1], decision_id))
+            members += m
+            decided += sum(1 for n in filled if n)
+            rows += len(batch)
+            write(batch)
+    tmp.replace(out)  # a reader of ``out`` never sees half a file
+    bar.close()
+    return CampaignSummary(out, members, decided, rows, reader.skipped,
+                           time.perf_counter() - started, catalog.version, decided_ms,
+                           campaign_id)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(
+        timespec="seconds").replace("+00:00", "Z")
+
+
+def _writer(f, fmt: str):
+    if fmt == "csv":
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        return w.writerows
+
+    def write(batch) -> None:
+        dumps = json.dumps
+        f.writelines(dumps(dict(zip(COLUMNS, row)), separators=(",", ":")) + "\n"
+                     for row in batch)
+    return write
+
+
+class _Chunk(NamedTuple):
+    scanned: int
+    who: list  # per member: (identifier kind, value, profile key, time zone or None)
+    slots: np.ndarray  # float64[m, s]
+    features: np.ndarray  # float32[m, F]
+    contacts: np.ndarray  # int64[T, 2]
+    contact_start: np.ndarray  # int64[m + 1]
+
+
+class _ChunkReader:
+    """The segment's members, ``CHUNK`` profiles (scanned) at a time, as kernel input."""
+
+    def __init__(self, store, active, segment: str, base: np.ndarray, zone_attribute: str):
+        self.store = store
+        self.active = active
+        self.segment = segment
+        self.base = base
+        self.zone_attribute = zone_attribute
+        self.after = b""  # last key read
+        self.done = False
+        self.skipped = 0
+
+    def next(self) -> _Chunk | None:
+        if self.done:
+            return None
+        active = self.active
+        n_features = active.n_features
+        profile_slots = active.profile_slots
+        segment, zone_attribute = self.segment, self.zone_attribute
+        slots = np.empty((CHUNK, active.n_slots))
+        features = np.empty((CHUNK, n_features), dtype=np.float32)
+        contacts: list[np.ndarray] = []
+        starts = [0]
+        who = []
+        scanned = 0
+        fill = fill_profile_slots
+        with self.store.reader() as r:
+            cursor = r._txn.cursor(db=self.store.profiles_db)
+            more = cursor.set_range(self.after + b"\x00") if self.after else cursor.first()
+            while more and scanned < CHUNK:
+                key_bytes, buf = cursor.item()
+                key_bytes = bytes(key_bytes)
+                scanned += 1
+                key = int.from_bytes(key_bytes, "big")
+                try:
+                    layout.check_head(buf, key, n_features)
+                    tail = layout.decode_tail(buf, n_features, key)
+                except CorruptProfile:
+                    self.skipped += 1
+                    more = cursor.next()
+                    self.after = key_bytes
+                    continue
+                if segment in tail["s"]:
+                    row = len(who)
+                    slots[row] = self.base
+                    if profile_slots:
+                        fill(profile_slots, tail, slots[row])
+                    features[row] = layout.feature_view(buf, n_features)
+                    history = layout.contacts_view(buf, n_features)
+                    if history.shape[0]:
+                        contacts.append(history.copy())
+                    starts.append(starts[-1] + history.shape[0])
+                    identifiers = tail["i"]
+                    kind, value = identifiers[0] if identifiers else ("", "")
+                    zone = tail["a"].get(zone_attribute) if zone_attribute else None
+                    who.append((kind, value, key, zone if isinstance(zone, str) else None))
+                self.after = key_bytes
+                more = cursor.next()
+        if not more:
+            self.done = True
+        if not scanned:
+            return None
+        m = len(who)
+        flat = (np.concatenate(contacts) if contacts
+                else np.zeros((0, 2), dtype=np.int64))
+        return _Chunk(scanned, who, slots[:m], features[:m], np.ascontiguousarray(flat),
+                      np.array(starts, dtype=np.int64))
