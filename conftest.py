@@ -21,7 +21,7 @@ def pytest_sessionstart(session):
     try:
         engine = Engine(Settings(data_dir=tmp / "store",
                                  catalog_path=Path(__file__).parent / "tests/data/catalog.toml"))
-        engine.warm()
+        engine.warm(batch=True)
         engine.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

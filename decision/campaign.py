@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import struct
 import threading
 import time
 from datetime import datetime, timezone
@@ -27,9 +28,11 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from decision import layout
-from decision.engine import fill_profile_slots
-from decision.errors import CorruptProfile, InvalidArgument, ResourceExhausted
+import msgpack
+
+from decision.errors import InvalidArgument, ResourceExhausted
+from decision.layout import HEAD, HEAD_SIZE, LAYOUT_VERSION, MAGIC
+from decision.rules import string_id
 from kernels.decide import decide_batch
 
 FORMATS = ("csv", "jsonl")
@@ -202,57 +205,88 @@ class _ChunkReader:
         self.skipped = 0
 
     def next(self) -> _Chunk | None:
+        """The next chunk of members, read in one transaction (the byte layout is
+        parsed here directly: this loop runs once per profile of the store)."""
         if self.done:
             return None
         active = self.active
         n_features = active.n_features
-        profile_slots = active.profile_slots
+        feature_end = HEAD_SIZE + 4 * n_features
+        contacts_at = (feature_end + 7) & ~7
         segment, zone_attribute = self.segment, self.zone_attribute
-        slots = np.empty((CHUNK, active.n_slots))
-        features = np.empty((CHUNK, n_features), dtype=np.float32)
-        contacts: list[np.ndarray] = []
+        feature_bytes = bytearray()
+        contacts: list[bytes] = []
         starts = [0]
         who = []
+        tails = []
         scanned = 0
-        fill = fill_profile_slots
+        unpack_head = HEAD.unpack_from
+        unpackb = msgpack.unpackb
         with self.store.reader() as r:
             cursor = r._txn.cursor(db=self.store.profiles_db)
             more = cursor.set_range(self.after + b"\x00") if self.after else cursor.first()
             while more and scanned < CHUNK:
                 key_bytes, buf = cursor.item()
-                key_bytes = bytes(key_bytes)
-                scanned += 1
-                key = int.from_bytes(key_bytes, "big")
-                try:
-                    layout.check_head(buf, key, n_features)
-                    tail = layout.decode_tail(buf, n_features, key)
-                except CorruptProfile:
-                    self.skipped += 1
-                    more = cursor.next()
-                    self.after = key_bytes
-                    continue
-                if segment in tail["s"]:
-                    row = len(who)
-                    slots[row] = self.base
-                    if profile_slots:
-                        fill(profile_slots, tail, slots[row])
-                    features[row] = layout.feature_view(buf, n_features)
-                    history = layout.contacts_view(buf, n_features)
-                    if history.shape[0]:
-                        contacts.append(history.copy())
-                    starts.append(starts[-1] + history.shape[0])
-                    identifiers = tail["i"]
-                    kind, value = identifiers[0] if identifiers else ("", "")
-                    zone = tail["a"].get(zone_attribute) if zone_attribute else None
-                    who.append((kind, value, key, zone if isinstance(zone, str) else None))
-                self.after = key_bytes
+                self.after = key_bytes = bytes(key_bytes)
                 more = cursor.next()
+                scanned += 1
+                try:
+                    magic, version, _flags, nf, nc, _updated = unpack_head(buf)
+                    tail_at = contacts_at + 16 * nc if nc else feature_end
+                    if magic != MAGIC or version != LAYOUT_VERSION or nf != n_features \
+                            or len(buf) < tail_at:
+                        raise ValueError("not a profile of this store's layout")
+                    tail = unpackb(buf[tail_at:])
+                    if segment not in tail.get("s", ()):
+                        continue
+                    identifiers = tail["i"]
+                    attributes = tail["a"]
+                    kind, value = identifiers[0] if identifiers else ("", "")
+                except (ValueError, TypeError, KeyError, AttributeError, struct.error,
+                        msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+                    self.skipped += 1  # corrupt or foreign: that customer is left out
+                    continue
+                feature_bytes += buf[HEAD_SIZE:feature_end]
+                if nc:
+                    contacts.append(bytes(buf[contacts_at:tail_at]))
+                starts.append(starts[-1] + nc)
+                zone = attributes.get(zone_attribute) if zone_attribute else None
+                who.append((kind, value, int.from_bytes(key_bytes, "big"),
+                            zone if type(zone) is str else None))
+                tails.append(tail)
         if not more:
             self.done = True
         if not scanned:
             return None
         m = len(who)
-        flat = (np.concatenate(contacts) if contacts
+        slots = np.empty((m, active.n_slots))
+        slots[:] = self.base
+        _fill_slots(active.profile_slots, tails, slots)
+        features = np.frombuffer(feature_bytes, dtype="<f4").reshape(m, n_features)
+        flat = (np.frombuffer(b"".join(contacts), dtype="<i8").reshape(-1, 2) if contacts
                 else np.zeros((0, 2), dtype=np.int64))
-        return _Chunk(scanned, who, slots[:m], features[:m], np.ascontiguousarray(flat),
+        return _Chunk(scanned, who, slots, np.ascontiguousarray(features, dtype=np.float32),
+                      np.ascontiguousarray(flat, dtype=np.int64),
                       np.array(starts, dtype=np.int64))
+
+
+def _fill_slots(profile_slots, tails: list[dict], slots: np.ndarray) -> None:
+    """The rule slots of every member, a column at a time (``engine.fill_profile_slots``
+    row by row, same conversions: a value of another type than declared is missing)."""
+    nan = math.nan
+    for namespace, name, slot, ftype in profile_slots:
+        if namespace == "segment":
+            column = [1.0 if name in t.get("s", ()) else 0.0 for t in tails]
+        elif namespace == "counter":
+            values = [t["c"].get(name, 0.0) for t in tails]
+            column = [float(v) if type(v) is float or type(v) is int else nan for v in values]
+        else:
+            values = [t["a"].get(name) for t in tails]
+            if ftype == "number":
+                column = [float(v) if type(v) is float or type(v) is int else nan
+                          for v in values]
+            elif ftype == "bool":
+                column = [float(v) if type(v) is bool else nan for v in values]
+            else:
+                column = [string_id(v) if type(v) is str else nan for v in values]
+        slots[:, slot] = column

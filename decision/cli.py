@@ -3,6 +3,7 @@
     decision serve --data-dir DIR --catalog FILE [--address H:P] [--workers N] [--threads T]
     decision demo  [--data-dir ./demo-data] [--customers 100000] [--offers 500] [--once]
     decision ask   --customer ID [--channel kiosk] [--placement P] [--context key=value ...]
+    decision campaign --data-dir DIR --catalog FILE --segment S --channel C --out FILE
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _parse_context(items: list[str]) -> dict:
 
 
 def _ask(address: str, customer: str, kind: str, channel: str, placement: str, limit: int,
-         context: dict, as_json: bool) -> int:
+         context: dict, as_json: bool, explain: bool = False) -> int:
     import grpc
     from google.protobuf import json_format
 
@@ -132,7 +133,8 @@ def _ask(address: str, customer: str, kind: str, channel: str, placement: str, l
 
     request = pb.DecideRequest(
         customer=pb.Identifier(kind=kind, value=customer), channel=channel,
-        placement=placement, limit=limit, context={k: value(v) for k, v in context.items()})
+        placement=placement, limit=limit, context={k: value(v) for k, v in context.items()},
+        explain=explain)
     with grpc.insecure_channel(address) as channel_:
         stub = pb_grpc.DecisionServiceStub(channel_)
         started = time.perf_counter()
@@ -173,6 +175,14 @@ def render(reply, customer: str, channel: str, placement: str, elapsed_ms: float
         creative = json.loads(o.creative_json or "{}")
         if creative:
             lines.append("     shows: " + ", ".join(f"{k}={v}" for k, v in creative.items()))
+    if reply.timing and reply.timing != "now":
+        from datetime import datetime, timezone
+
+        at = datetime.fromtimestamp(reply.deliver_at_ms / 1000, tz=timezone.utc)
+        lines.append("")
+        lines.append(f"  deliver at {at:%Y-%m-%d %H:%M} UTC: {reply.timing}")
+    for removed in reply.removed:
+        lines.append(f"  removed {removed.offer_id}: {removed.reason.detail}")
     lines.append("")
     lines.append(f"decision {reply.decision_id}, catalog {reply.catalog_version}, "
                  f"answered in {elapsed_ms:.2f} ms")
@@ -181,7 +191,26 @@ def render(reply, customer: str, channel: str, placement: str, elapsed_ms: float
 
 def cmd_ask(args) -> int:
     return _ask(args.address, args.customer, args.kind, args.channel, args.placement,
-                args.limit, _parse_context(args.context), args.json)
+                args.limit, _parse_context(args.context), args.json, args.explain)
+
+
+def cmd_campaign(args) -> int:
+    from decision.campaign import CampaignSpec, run_campaign
+    from decision.engine import Engine
+
+    settings = _settings(args, Path(args.data_dir), Path(args.catalog))
+    engine = Engine(settings)
+    try:
+        s = run_campaign(engine, CampaignSpec(args.segment, args.channel, args.placement,
+                                              args.limit, _parse_context(args.context)),
+                         Path(args.out), args.format, progress=not args.quiet)
+    finally:
+        engine.close()
+    print(f"campaign {s.campaign_id}: {s.members} members of {args.segment}, {s.decided} with "
+          f"an offer, {s.rows} rows written to {s.path} in {s.seconds:.1f} s "
+          f"(catalog {s.catalog_version}"
+          + (f"; {s.skipped} unreadable profiles skipped" if s.skipped else "") + ")")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
                      help="a context entry; repeat for several")
     ask.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    ask.add_argument("--explain", action="store_true",
+                     help="also list the offers a contact policy removed")
     ask.set_defaults(run=cmd_ask)
+
+    campaign = sub.add_parser("campaign", help="Inspire: decide for every member of a segment "
+                              "on a channel and write the send file (CSV or JSON lines)")
+    campaign.add_argument("--data-dir", required=True, help="the LMDB profile store")
+    campaign.add_argument("--catalog", required=True, help="the offer catalog (TOML)")
+    campaign.add_argument("--segment", required=True, help="whose members get a decision")
+    campaign.add_argument("--channel", required=True, help="the (outbound) channel")
+    campaign.add_argument("--placement", default="")
+    campaign.add_argument("--limit", type=int, default=1, help="offers per customer "
+                          "(default %(default)s)")
+    campaign.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                          help="a context entry for every decision; repeat for several")
+    campaign.add_argument("--out", required=True, help="the file to write (.csv or .jsonl)")
+    campaign.add_argument("--format", default="", choices=["", "csv", "jsonl"],
+                          help="csv or jsonl (default: from --out's extension)")
+    campaign.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_server_flags(campaign)
+    campaign.set_defaults(run=cmd_campaign)
     return parser
 
 

@@ -10,12 +10,15 @@ seeded generator, so the same sizes and seed give the same data.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from decision.catalog import load_catalog
 from decision.layout import ProfileRecord
+from decision.policies import OUTCOMES, contact_tag
 from decision.store import ProfileStore
 
 FEATURES = (
@@ -85,6 +88,7 @@ def catalog_text(n_offers: int, seed: int = 7, everywhere: bool = False) -> str:
         "[profile.attributes]",
         'tier = "number"\ncountry = "string"\nvip = "bool"\nage = "number"',
         'language = "string"\nhas_app = "bool"\nlifetime_value = "number"',
+        'timezone = "string"',
         "",
         "[context]",
         'country = "string"\ndevice = "string"\npage = "string"\nlanguage = "string"',
@@ -180,11 +184,55 @@ do = [{ set = "attribute.tier", value = "event.tier" }]
 high_value = "counter.revenue >= 500 or profile.lifetime_value >= 2000"
 frequent_buyer = "counter.purchases >= 3"
 window_shopper = "counter.page_views >= 10 and counter.purchases == 0"
+adults = "profile.age >= 18"
 
 # Triggers: streamed to journey systems by WatchTriggers (with segment enter/leave)
 [triggers.cart_reminder]
 event = "add_to_cart"
 when = "not segment.high_value"
+
+# A delayed action: 30 minutes after the last add-to-cart, unless a purchase came
+# first, decide the e-mail to send (decision/triggers.py)
+[triggers.cart_followup]
+event = "add_to_cart"
+delay = "30m"
+cancel_on = ["purchase"]
+decide = { channel = "email", limit = 1 }
+
+# Channel pace: e-mail goes out later, in the customer's daytime (decision/pace.py)
+[pace.email]
+deliver = "later"
+min_delay = "5m"
+send_window = ["08:00", "21:00"]
+timezone = "Europe/Paris"
+timezone_attribute = "timezone"
+
+# Contact policies, enforced in the kernels (decision/policies.py)
+[[policy]]
+name = "offer-weekly"
+type = "cap"
+max = 3
+per = "7d"
+
+[[policy]]
+name = "email-daily"
+type = "cap"
+scope = "channel"
+max = 1
+per = "1d"
+channels = ["email"]
+
+[[policy]]
+name = "after-purchase"
+type = "suppress"
+after = "conversion"
+for = "30d"
+
+[[policy]]
+name = "cooldown"
+type = "cooldown"
+for = "1h"
+channels = ["web", "app", "kiosk"]
 """
 
 
@@ -207,10 +255,23 @@ def customer_id(i: int) -> str:
     return f"C{i:07d}"
 
 
+ZONES = {"FR": "Europe/Paris", "BE": "Europe/Brussels", "DE": "Europe/Berlin",
+         "ES": "Europe/Madrid", "IT": "Europe/Rome", "GB": "Europe/London",
+         "NL": "Europe/Amsterdam"}
+CONTACTED = 0.3  # share of customers with recent impressions (the policies read them)
+
+
 def populate(store: ProfileStore, n_customers: int, seed: int = 11, progress: bool = True,
-             batch: int = 5000) -> None:
-    """Write ``n_customers`` profiles (customer ids C0000000...) in batched txns."""
+             batch: int = 5000, catalog=None) -> None:
+    """Write ``n_customers`` profiles (customer ids C0000000...) in batched txns. With
+    the ``catalog``, each profile's segments are computed, and some customers get a
+    few impressions of the last days in their contact history."""
     rng = np.random.default_rng(seed)
+    now_ms = int(time.time() * 1000)
+    tags = np.zeros(0, dtype=np.int64)
+    if catalog is not None:
+        tags = np.array([contact_tag(o.id, c, OUTCOMES["impression"])
+                         for o in catalog.offers[:64] for c in o.channels], dtype=np.int64)
     bar = tqdm(total=n_customers, desc="customers", unit="profile", disable=not progress,
                mininterval=0.5)
     for lo in range(0, n_customers, batch):
@@ -224,20 +285,28 @@ def populate(store: ProfileStore, n_customers: int, seed: int = 11, progress: bo
         has_app = rng.random(m) < 0.6
         language = rng.choice(LANGUAGES, m)
         ltv = np.round(rng.lognormal(5, 1, m), 2)
+        contacted = rng.random(m) < CONTACTED
         records = []
         for r in range(m):
             i = lo + r
             idents = [("customer_id", customer_id(i))]
             if i % 3 == 0:
                 idents.append(("loyalty_id", f"L{i:09d}"))
-            records.append(ProfileRecord(
+            record = ProfileRecord(
                 key=i + 1, features=features[r],
                 attributes={"tier": float(tier[r]), "country": str(country[r]),
                             "age": float(age[r]), "vip": bool(vip[r]),
                             "has_app": bool(has_app[r]), "language": str(language[r]),
-                            "lifetime_value": float(ltv[r])},
+                            "lifetime_value": float(ltv[r]),
+                            "timezone": ZONES[str(country[r])]},
                 identifiers=idents, created_at_ms=1_760_000_000_000 + i,
-                updated_at_ms=1_760_000_000_000 + i))
+                updated_at_ms=1_760_000_000_000 + i)
+            if catalog is not None:
+                record.segments = catalog.segments.evaluate(record)
+                if contacted[r] and tags.size:
+                    at = np.sort(now_ms - rng.integers(0, 7 * 86_400_000, 3))
+                    record.contacts = np.stack([at, rng.choice(tags, 3)], axis=1)
+            records.append(record)
 
         def work(txn, records=records):
             for record in records:
@@ -263,7 +332,7 @@ def ensure_demo(data_dir: Path, n_customers: int = 100_000, n_offers: int = 500,
     try:
         store.ensure_schema(FEATURES)
         if store.count() == 0:  # never overwrite a store that already has profiles
-            populate(store, n_customers, progress=progress)
+            populate(store, n_customers, progress=progress, catalog=load_catalog(catalog))
     finally:
         store.close()
     return catalog

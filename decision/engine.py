@@ -281,12 +281,23 @@ class Engine:
                 f"{self.settings.catalog_path} holds {catalog.version}; serving that")
         return catalog
 
-    def warm(self) -> None:
+    def warm(self, batch: bool = False) -> None:
         """Run a real decision so every kernel signature is compiled (or loaded from
         the on-disk cache) before the first request. A stored profile's features are
         typed exactly like the cold-start vector (read-only float32), so one decision
-        covers both paths (tests/test_decide.py checks nothing compiles later)."""
+        covers both paths (tests/test_decide.py checks nothing compiles later). With
+        ``batch``, the campaign kernels too (their parallel build takes seconds)."""
         self._warm(self._active)
+        if batch:
+            from kernels.decide import decide_batch, decide_batch_serial
+
+            c = self.catalog
+            for kernel in (decide_batch, decide_batch_serial):
+                kernel(c.code, c.programs, c.consts, np.full((1, self._active.n_slots), _NAN),
+                       c.offer_masks, c.offer_window, c.offer_value, c.weights, c.bias,
+                       np.zeros((1, self._active.n_features), dtype=np.float32),
+                       np.zeros((0, 2), dtype=np.int64), np.zeros(2, dtype=np.int64),
+                       1, 0, self.clock(), 1, self._active.policies)
 
     def _warm(self, prepared: _Prepared) -> None:
         prepared.catalog.segments.evaluate(ProfileRecord(key=0, features=prepared.zero_features))

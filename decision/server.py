@@ -500,7 +500,7 @@ def serve_workers(settings: Settings) -> None:
     # into numba's on-disk cache here, once: processes that add to that cache at the
     # same moment can corrupt it, so the workers must find it complete.
     engine = Engine(settings)
-    engine.warm()
+    engine.warm(batch=True)
     engine.close()
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}

@@ -5,6 +5,7 @@ survives a restart)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
@@ -315,3 +316,55 @@ def test_erasure_cancels_pending_actions(moments, clock):
     clock.advance(HOUR)
     assert moments.triggers("action", wait=0.5) == []
     assert moments.running.engine.store.next_due_ms() is None
+
+
+# --------------------------------------------------------------------- bad catalogs
+@pytest.mark.parametrize(("snippet", "message"), [
+    ('[pace.email]\ndeliver = "later"\nsend_window = ["09:00", "17:00"]\n'
+     'quiet_hours = ["08:00", "18:00"]\n', "cover the whole send window"),
+    ('[pace.email]\ndeliver = "later"\nsend_window = ["25:00", "17:00"]\n',
+     "pace.email.send_window: a time of day"),
+    ('[pace.email]\ndeliver = "later"\nsend_window = ["09:00", "09:00"]\n',
+     "from and until are the same time"),
+    ('[pace.fax]\ndeliver = "later"\n', "pace.fax: unknown channel 'fax'"),
+    ('[pace.web]\nmin_delay = "10m"\n', "only applies to a channel delivered later"),
+    ('[pace.email]\ndeliver = "later"\ntimezone = "Mars/Olympus"\n', "unknown time zone"),
+    ('[pace.email]\ndeliver = "later"\nmin_delay = "ten minutes"\n', "a duration like"),
+    ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 0\nper = "1d"\n', "a cap of 0 would remove"),
+    ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 2\n', "policy 'p'.per: required"),
+    ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 2\nper = "0d"\n', "longer than zero"),
+    ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 1\nper = "1d"\nchannels = ["fax"]\n',
+     "unknown channel 'fax'"),
+    ('[[policy]]\nname = "p"\ntype = "suppress"\nafter = "purchase"\nfor = "1d"\n',
+     "counts impression, click, conversion, dismissal"),
+    ('[[policy]]\nname = "p"\ntype = "cooldown"\nfor = "1h"\nmax = 2\n',
+     "unknown key 'max' for a cooldown"),
+    ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 1\nper = "1d"\noffers = ["hats"]\n',
+     "unknown offer 'hats'"),
+    ('[[policy]]\nname = "cooldown"\ntype = "cooldown"\nfor = "2h"\n', "defined twice"),
+    ('[triggers.again]\nevent = "purchase"\ndelay = "1h"\ncancel_on = ["purchase"]\n',
+     "it would cancel itself"),
+    ('[triggers.soon]\nevent = "purchase"\ncancel_on = ["add_to_cart"]\n',
+     "cancel_on and decide need a delay"),
+    ('[triggers.fax]\nevent = "purchase"\ndelay = "1h"\ndecide = { channel = "fax" }\n',
+     "decide.channel: unknown channel 'fax'"),
+])
+def test_catalog_refuses_what_cannot_work(tmp_path, snippet, message):
+    """Loaded through ReloadCatalog on a running server: INVALID_ARGUMENT naming the
+    place, and the previous catalog keeps serving."""
+    clock = FakeClock(MONDAY)
+    m = Moments(tmp_path, clock)
+    try:
+        path = m.settings.catalog_path
+        # tables must come before the [[offer]] arrays' sub-tables: insert ahead
+        original = path.read_text()
+        if snippet.startswith("[pace.email]"):  # replaces the catalog's own
+            original = re.sub(r"\[pace\.email\]\n(?:[a-z_]+ = .*\n)+", "", original)
+        path.write_text(original.replace("[[offer]]", snippet + "\n[[offer]]", 1))
+        with pytest.raises(grpc.RpcError) as err:
+            m.stub.ReloadCatalog(pb.ReloadCatalogRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in err.value.details()
+        assert m.decide("zed").catalog_version.startswith("moments@")
+    finally:
+        m.close()
