@@ -20,8 +20,9 @@ import pytest
 from decision.rules import FieldTable, ProgramBuilder, string_id
 from kernels import eligibility as vm
 from decision.layout import NO_CONTACTS
-from decision.policies import PolicySet
-from kernels.decide import decide_offers
+from decision.policies import OUTCOMES, PolicySet, contact_tag
+from kernels.decide import decide_batch, decide_batch_serial, decide_offers
+from kernels.policies import contact_blocks, contact_blocks_reference
 from kernels.eligibility import eligible_mask, eligible_mask_reference
 from kernels.scoring import (
     arbitrate,
@@ -600,3 +601,144 @@ def test_decide_offers_tie_break_by_hand():
     assert eligible == 4
     assert r_feature.tolist() == [[-1, -1]] * 4  # zero weights: no reasons
     assert r_weight.tolist() == [[0.0, 0.0]] * 4
+
+
+# ------------------------------------------------------------------------- policies
+CHANNELS = ("web", "app", "kiosk", "email", "sms")
+
+
+def random_policies(rng, offer_ids: list[str]) -> PolicySet:
+    specs = []
+    for j in range(int(rng.integers(0, 7))):
+        ptype = str(rng.choice(["cap", "cap", "suppress", "cooldown"]))
+        spec: dict = {"name": f"p{j}", "type": ptype}
+        if ptype == "cap":
+            spec.update(scope=str(rng.choice(["offer", "channel", "customer"])),
+                        count=str(rng.choice(list(OUTCOMES))), max=int(rng.integers(1, 4)),
+                        per=f"{int(rng.integers(1, 10))}d")
+        elif ptype == "suppress":
+            spec.update({"after": str(rng.choice(list(OUTCOMES))),
+                         "for": f"{int(rng.integers(1, 200))}h"})
+        else:
+            spec["for"] = f"{int(rng.integers(1, 48))}h"
+        if rng.random() < 0.4:
+            spec["channels"] = [str(c) for c in rng.choice(CHANNELS, int(rng.integers(1, 3)),
+                                                         replace=False)]
+        if rng.random() < 0.3 and offer_ids:
+            spec["offers"] = [str(o) for o in rng.choice(
+                offer_ids, int(rng.integers(1, len(offer_ids) + 1)), replace=False)]
+        specs.append(spec)
+    return PolicySet(specs, CHANNELS, offer_ids)
+
+
+def random_contacts(rng, offer_ids: list[str], now_ms: int, most: int = 40) -> np.ndarray:
+    """Contacts with the catalog's offers and channels, and some with ones it does not
+    know (an offer removed since, a channel renamed), some in the future."""
+    h = int(rng.integers(0, most + 1))
+    offers = [*offer_ids, "gone-offer"] if offer_ids else ["gone-offer"]
+    at = np.sort(now_ms - rng.integers(-3_600_000, 12 * 86_400_000, h))
+    tags = [contact_tag(str(rng.choice(offers)), str(rng.choice([*CHANNELS, "fax"])),
+                        int(rng.integers(1, 5))) for _ in range(h)]
+    out = np.zeros((h, 2), dtype=np.int64)
+    out[:, 0], out[:, 1] = at, tags
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 7, 60])
+@pytest.mark.parametrize("seed", range(6))
+def test_contact_blocks_matches_reference(seed, n):
+    rng = np.random.default_rng(9000 + seed)
+    offer_ids = [f"offer-{i}" for i in range(n)]
+    now_ms = 1_700_000_000_000
+    for _ in range(8):
+        policies = random_policies(rng, offer_ids)
+        contacts = random_contacts(rng, offer_ids, now_ms)
+        channel_bit = 1 << int(rng.integers(0, len(CHANNELS)))
+        blocked = np.empty(n, dtype=np.int32)
+        count = contact_blocks(contacts, now_ms, channel_bit, *policies.arrays, blocked)
+        want = contact_blocks_reference(contacts, now_ms, channel_bit, *policies.arrays)
+        np.testing.assert_array_equal(blocked, want)
+        assert count == int((want >= 0).sum())
+
+
+def test_contact_blocks_by_hand():
+    offers = ["bags", "shoes", "socks"]
+    policies = PolicySet([
+        {"name": "weekly", "type": "cap", "max": 2, "per": "7d"},
+        {"name": "email-daily", "type": "cap", "scope": "channel", "max": 1, "per": "1d",
+         "channels": ["email"]},
+        {"name": "bought", "type": "suppress", "after": "conversion", "for": "30d",
+         "offers": ["socks"]},
+    ], CHANNELS, offers)
+    day = 86_400_000
+    now = 100 * day
+    web, email = 1 << CHANNELS.index("web"), 1 << CHANNELS.index("email")
+    contacts = np.array([
+        [now - 8 * day, contact_tag("bags", "web", 1)],      # out of the week
+        [now - 2 * day, contact_tag("bags", "web", 1)],
+        [now - 1 * day, contact_tag("bags", "app", 1)],      # 2 in 7 days: capped
+        [now - 3 * day, contact_tag("shoes", "web", 3)],     # a conversion, not socks
+        [now - 2 * day, contact_tag("socks", "web", 3)],     # socks bought: suppressed
+        [now - 3_600_000, contact_tag("shoes", "email", 1)],  # an e-mail this hour
+    ], dtype=np.int64)
+    blocked = np.empty(3, dtype=np.int32)
+    assert contact_blocks(contacts, now, web, *policies.arrays, blocked) == 2
+    assert blocked.tolist() == [0, -1, 2]
+    assert contact_blocks(contacts, now, email, *policies.arrays, blocked) == 3
+    assert blocked.tolist() == [0, 1, 1]  # weekly first for bags, then the e-mail cap
+    assert contact_blocks(contacts, now + 30 * day, web, *policies.arrays, blocked) == 0
+    assert blocked.tolist() == [-1, -1, -1]
+
+
+def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng):
+    """decide_offers with policies equals the composition with the policy mask, and
+    both batch kernels give every customer exactly decide_offers' answer."""
+    n, f, k = 80, 6, 5
+    offer_ids = [f"offer-{i}" for i in range(n)]
+    code, programs, consts, _ = random_programs(rng, n, rule_probability=0.5)
+    masks, window = random_offers(rng, n)
+    offer_value = random_values(rng, n)
+    weights, bias, _ = random_model(rng, n, f)
+    m = 40
+    rows_slots, rows_x, histories = [], [], []
+    policies = random_policies(rng, offer_ids)
+    while not policies.policies:
+        policies = random_policies(rng, offer_ids)
+    channel_bit = 1 << int(rng.integers(0, len(CHANNELS)))
+    for _ in range(m):
+        slots, _, _ = random_request(rng)
+        rows_slots.append(slots)
+        rows_x.append(rng.normal(0, 1, f).astype(np.float32))
+        histories.append(random_contacts(rng, offer_ids, int(NOW * 1000)))
+    blocked_any = 0
+    for slots, x, contacts in zip(rows_slots, rows_x, histories):
+        args = (code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
+                channel_bit, 0, NOW, k, 3)
+        chosen, score, prop, eligible, _, _, blocked = quiet(
+            decide_offers, *args, contacts, policies.arrays)
+        want = quiet(contact_blocks_reference, contacts, int(NOW * 1000), channel_bit,
+                     *policies.arrays)
+        np.testing.assert_array_equal(blocked, want)
+        blocked_any += int((blocked >= 0).sum())
+        mask = quiet(eligible_mask, code, programs, consts, slots, masks, window, channel_bit,
+                     0, NOW) & (blocked < 0)
+        assert int(eligible) == int(mask.sum())
+        assert all(mask[i] for i in chosen)
+    assert blocked_any, "the random policies never blocked anything: a degenerate test"
+    starts = np.cumsum([0] + [len(h) for h in histories]).astype(np.int64)
+    flat = np.ascontiguousarray(np.concatenate(histories).reshape(-1, 2))
+    batch_args = (code, programs, consts, np.stack(rows_slots), masks, window, offer_value,
+                  weights, bias, np.stack(rows_x), flat, starts, channel_bit, 0, NOW, k,
+                  policies.arrays)
+    for kernel in (decide_batch, decide_batch_serial):
+        chosen_b, score_b, prop_b, filled, eligible_b = quiet(kernel, *batch_args)
+        for c in range(m):
+            one = quiet(decide_offers, code, programs, consts, rows_slots[c], masks, window,
+                        offer_value, weights, bias, rows_x[c], channel_bit, 0, NOW, k, 3,
+                        histories[c], policies.arrays)
+            r = len(one[0])
+            assert filled[c] == r and eligible_b[c] == one[3]
+            assert chosen_b[c, :r].tolist() == one[0].tolist()
+            assert (chosen_b[c, r:] == -1).all()
+            np.testing.assert_allclose(score_b[c, :r], one[1], rtol=1e-12)
+            np.testing.assert_allclose(prop_b[c, :r], one[2], rtol=1e-12)
