@@ -286,6 +286,8 @@ def populate(store: ProfileStore, n_customers: int, seed: int = 11, progress: bo
         language = rng.choice(LANGUAGES, m)
         ltv = np.round(rng.lognormal(5, 1, m), 2)
         contacted = rng.random(m) < CONTACTED
+        contact_at = np.sort(now_ms - rng.integers(0, 7 * 86_400_000, (m, 3)), axis=1)
+        contact_tags = tags[rng.integers(0, max(1, tags.size), (m, 3))] if tags.size else None
         records = []
         for r in range(m):
             i = lo + r
@@ -301,12 +303,12 @@ def populate(store: ProfileStore, n_customers: int, seed: int = 11, progress: bo
                             "timezone": ZONES[str(country[r])]},
                 identifiers=idents, created_at_ms=1_760_000_000_000 + i,
                 updated_at_ms=1_760_000_000_000 + i)
-            if catalog is not None:
-                record.segments = catalog.segments.evaluate(record)
-                if contacted[r] and tags.size:
-                    at = np.sort(now_ms - rng.integers(0, 7 * 86_400_000, 3))
-                    record.contacts = np.stack([at, rng.choice(tags, 3)], axis=1)
+            if contacted[r] and contact_tags is not None:
+                record.contacts = np.stack([contact_at[r], contact_tags[r]], axis=1)
             records.append(record)
+        if catalog is not None:
+            for record, segments in zip(records, catalog.segments.evaluate_many(records)):
+                record.segments = segments
 
         def work(txn, records=records):
             for record in records:

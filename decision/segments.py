@@ -24,7 +24,7 @@ import numpy as np
 from decision.errors import RuleError
 from decision.layout import ProfileRecord
 from decision.rules import FieldTable, ProgramBuilder, string_id
-from kernels.eligibility import eligible_mask
+from kernels.eligibility import eligible_mask, eligible_rows
 
 _NAN = math.nan
 
@@ -61,6 +61,24 @@ class RuleSet:
         if not self.names:
             return []
         slots = np.full(self.n_slots, _NAN)
+        self._fill(record, slots)
+        member = eligible_mask(self.code, self.programs, self.consts, slots, self.masks,
+                               self.window, 1, 0, 0.0)
+        return [name for name, m in zip(self.names, member.tolist()) if m]
+
+    def evaluate_many(self, records: list[ProfileRecord]) -> list[list[str]]:
+        """``evaluate`` for many records in one kernel call (bulk loads)."""
+        if not self.names:
+            return [[] for _ in records]
+        slots = np.full((len(records), self.n_slots), _NAN)
+        for row, record in zip(slots, records):
+            self._fill(record, row)
+        members = eligible_rows(self.code, self.programs, self.consts, slots, self.masks,
+                                self.window, 1, 0, 0.0).tolist()
+        names = self.names
+        return [[n for n, m in zip(names, row) if m] for row in members]
+
+    def _fill(self, record: ProfileRecord, slots: np.ndarray) -> None:
         for namespace, name, slot, ftype in self.inputs:
             if namespace == "counter":
                 slots[slot] = slot_value(record.counters.get(name, 0.0), "number")
@@ -68,9 +86,6 @@ class RuleSet:
                 slots[slot] = 1.0 if name in record.segments else 0.0
             else:
                 slots[slot] = slot_value(record.attributes.get(name), ftype)
-        member = eligible_mask(self.code, self.programs, self.consts, slots, self.masks,
-                               self.window, 1, 0, 0.0)
-        return [name for name, m in zip(self.names, member.tolist()) if m]
 
 
 class SegmentSet(RuleSet):

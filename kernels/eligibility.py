@@ -182,6 +182,19 @@ def eligible_mask(code, programs, consts, slots, offer_masks, offer_window,
     return out
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def eligible_rows(code, programs, consts, slots, offer_masks, offer_window, channel_bit,
+                  placement_bit, now):
+    """``eligible_mask`` for every row of ``slots`` (float64[m, s]): bool[m, n]
+    (segment membership of many profiles in one call)."""
+    m = slots.shape[0]
+    out = np.zeros((m, programs.shape[0]), dtype=np.bool_)
+    for r in range(m):
+        out[r] = eligible_mask(code, programs, consts, slots[r], offer_masks, offer_window,
+                               channel_bit, placement_bit, now)
+    return out
+
+
 # --------------------------------------------------------------------- reference
 def eligible_mask_reference(code, programs, consts, slots, offer_masks, offer_window,
                             channel_bit, placement_bit, now):
