@@ -24,7 +24,8 @@ def test_kernel_scoring_1000_offers(benchmark, engine, rng=np.random.default_rng
     for name, f in catalog.context_fields.items():
         slots[f.slot] = 1.0
     args = (catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
-            catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
+            catalog.offer_window, catalog.offer_value, catalog.offer_order, catalog.weights,
+            catalog.bias, x,
             np.int64(1), np.int64(0), 1.8e9, 5, 3, NO_CONTACTS, catalog.policies.arrays)
     chosen = benchmark.pedantic(decide_offers, args=args, rounds=20_000, iterations=1,
                                 warmup_rounds=500)[0]

@@ -144,7 +144,8 @@ def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progr
     def rank(chunk: _Chunk):
         return decide_batch(
             catalog.code, catalog.programs, catalog.consts, chunk.slots, catalog.offer_masks,
-            catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias,
+            catalog.offer_window, catalog.offer_value, catalog.offer_order, catalog.weights,
+            catalog.bias,
             chunk.features, chunk.contacts, chunk.contact_start, channel_bit, placement_bit,
             now, spec.limit, active.policies)
 

@@ -127,6 +127,7 @@ class Catalog:
     offer_masks: np.ndarray  # int64[n, 2] channel, placement bits
     offer_window: np.ndarray  # float64[n, 2] valid from/until, epoch s
     offer_value: np.ndarray  # float64[n, 2] value, lever
+    offer_order: np.ndarray  # int32[n] offers by value x lever, highest first
     weights: np.ndarray  # float32[n, F]
     bias: np.ndarray  # float64[n]
     profile_fields: tuple[Field, ...]  # profile/counter/segment fields offer rules read
@@ -226,12 +227,14 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
          for o in offers], dtype=np.int64)
     offer_window = np.array([[o.valid_from, o.valid_until] for o in offers], dtype=np.float64)
     offer_value = np.array([[o.value, o.lever] for o in offers], dtype=np.float64)
+    offer_order = value_order(offer_value)
     weights, bias = model.offer_arrays(offers)
 
     if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
         raise CatalogError("model: weights too large (a folded per-offer weight or bias is "
                            "not finite in float32); scale the features or the weights down")
-    arrays = (code, programs, consts, offer_masks, offer_window, offer_value, weights, bias)
+    arrays = (code, programs, consts, offer_masks, offer_window, offer_value, offer_order,
+              weights, bias)
     for array in arrays:
         array.flags.writeable = False  # a catalog version is immutable
 
@@ -244,13 +247,20 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         version=version, path=path, channels=channels, placements=placements,
         offers=tuple(offers), fields=fields, feature_names=feature_names,
         code=code, programs=programs, consts=consts, offer_masks=offer_masks,
-        offer_window=offer_window, offer_value=offer_value, weights=weights, bias=bias,
+        offer_window=offer_window, offer_value=offer_value, offer_order=offer_order,
+        weights=weights, bias=bias,
         profile_fields=tuple(f for f in used if f.namespace != "context"),
         context_fields={f.name: f for f in used if f.namespace == "context"},
         events=events, segments=segments, triggers=triggers, pace=pace, policies=policies,
         offer_index={o: i for i, o in enumerate(offer_ids)},
         loaded_at_ms=int(time.time() * 1000),
     )
+
+
+def value_order(offer_value: np.ndarray) -> np.ndarray:
+    """Offer indices by value x lever, highest first (the kernel's visiting order)."""
+    bound = offer_value[:, 0] * offer_value[:, 1]
+    return np.argsort(-bound, kind="stable").astype(np.int32)
 
 
 @dataclass(frozen=True)

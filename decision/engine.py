@@ -41,6 +41,7 @@ from decision.ingest import (
 from decision.layout import AttributeValue, ProfileRecord
 from decision.policies import MAX_CONTACTS
 from decision.segments import refresh as refresh_segments
+from decision.rules import string_id
 from decision.segments import slot_value
 from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
@@ -294,7 +295,8 @@ class Engine:
             c = self.catalog
             for kernel in (decide_batch, decide_batch_serial):
                 kernel(c.code, c.programs, c.consts, np.full((1, self._active.n_slots), _NAN),
-                       c.offer_masks, c.offer_window, c.offer_value, c.weights, c.bias,
+                       c.offer_masks, c.offer_window, c.offer_value, c.offer_order, c.weights,
+                       c.bias,
                        np.zeros((1, self._active.n_features), dtype=np.float32),
                        np.zeros((0, 2), dtype=np.int64), np.zeros(2, dtype=np.int64),
                        1, 0, self.clock(), 1, self._active.policies)
@@ -344,16 +346,17 @@ class Engine:
         if buf is None:
             x = active.zero_features
         else:
-            n_features = layout.check_head(buf, key, active.n_features)
+            n_features, n_contacts, tail_at = layout.read_head(buf, key, active.n_features)
             x = layout.feature_view(buf, n_features)
-            if active.has_policies:
-                contacts = layout.contacts_view(buf, n_features)
+            if n_contacts and active.has_policies:
+                contacts = layout.contacts_view(buf, n_features, n_contacts)
             if active.profile_slots:
-                tail = layout.decode_tail(buf, n_features, key)
+                tail = layout.decode_tail(buf, n_features, key, tail_at)
                 fill_profile_slots(active.profile_slots, tail, slots)
         chosen, score, prop, eligible, r_feature, r_weight, blocked = decide_offers(
             catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
-            catalog.offer_window, catalog.offer_value, catalog.weights, catalog.bias, x,
+            catalog.offer_window, catalog.offer_value, catalog.offer_order, catalog.weights,
+            catalog.bias, x,
             channel_bit, placement_bit, now, k, N_FEATURE_REASONS, contacts, active.policies)
         decided_ms = int(now * 1000)
         deliver_at_ms, timing = decided_ms, "now"
@@ -362,7 +365,7 @@ class Engine:
             zone = None
             if pace.timezone_attribute and buf is not None:
                 if tail is None:
-                    tail = layout.decode_tail(buf, n_features, key)
+                    tail = layout.decode_tail(buf, n_features, key, tail_at)
                 zone = tail["a"].get(pace.timezone_attribute)
             deliver_at_ms, timing = pace.deliver_at(decided_ms, zone if isinstance(zone, str)
                                                     else None)
@@ -702,13 +705,23 @@ def _unknown_placement(catalog: Catalog, placement: str):
 
 
 def fill_profile_slots(profile_slots, tail: dict, slots: np.ndarray) -> None:
-    """The rule slots read from a stored profile: attributes, counters, segments."""
+    """The rule slots read from a stored profile: attributes, counters, segments (the
+    conversions of ``segments.slot_value``, written out: this runs per request)."""
     attributes, counters, segments = tail["a"], tail["c"], tail["s"]
     for namespace, name, slot, ftype in profile_slots:
         if namespace == "profile":
-            slots[slot] = slot_value(attributes.get(name), ftype)
+            v = attributes.get(name)
+            t = type(v)
+            if ftype == "number":
+                slots[slot] = v if t is float or t is int else _NAN
+            elif ftype == "string":
+                slots[slot] = string_id(v) if t is str else _NAN
+            else:
+                slots[slot] = (1.0 if v else 0.0) if t is bool else _NAN
         elif namespace == "counter":
-            slots[slot] = slot_value(counters.get(name, 0.0), "number")
+            v = counters.get(name, 0.0)
+            t = type(v)
+            slots[slot] = v if t is float or t is int else _NAN
         else:
             slots[slot] = 1.0 if name in segments else 0.0
 

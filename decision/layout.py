@@ -89,23 +89,30 @@ def encode(record: ProfileRecord) -> bytes:
     return body + tail
 
 
-def check_head(buf, key: int, n_expected: int | None = None) -> int:
+def read_head(buf, key: int, n_expected: int | None = None) -> tuple[int, int, int]:
     """Validate the head of ``buf`` (and its feature count, when ``n_expected`` is
-    given); return the feature count."""
+    given); return (feature count, contact count, offset of the msgpack tail)."""
     if len(buf) < HEAD_SIZE:
         raise CorruptProfile(f"profile {key:016x}: value of {len(buf)} bytes is too short")
-    magic, version, _flags, n_features, _contacts, _updated = HEAD.unpack_from(buf)
+    magic, version, _flags, n_features, n_contacts, _updated = HEAD.unpack_from(buf)
     if magic != MAGIC or version != LAYOUT_VERSION:
         raise CorruptProfile(
             f"profile {key:016x}: not a profile of layout {LAYOUT_VERSION} "
             f"(magic {magic!r}, version {version})"
         )
-    if len(buf) < tail_offset(buf, n_features):
+    tail_at = (_contacts_offset(n_features) + 16 * n_contacts if n_contacts
+               else HEAD_SIZE + 4 * n_features)
+    if len(buf) < tail_at:
         raise CorruptProfile(f"profile {key:016x}: truncated feature vector or contacts")
     if n_expected is not None and n_features != n_expected:
         raise CorruptProfile(f"profile {key:016x}: {n_features} features stored, the "
                              f"store's schema has {n_expected}")
-    return n_features
+    return n_features, n_contacts, tail_at
+
+
+def check_head(buf, key: int, n_expected: int | None = None) -> int:
+    """``read_head``'s feature count."""
+    return read_head(buf, key, n_expected)[0]
 
 
 def feature_view(buf, n_features: int) -> np.ndarray:
@@ -124,9 +131,10 @@ def tail_offset(buf, n_features: int) -> int:
     return _contacts_offset(n_features) + 16 * n_contacts
 
 
-def contacts_view(buf, n_features: int) -> np.ndarray:
+def contacts_view(buf, n_features: int, n_contacts: int | None = None) -> np.ndarray:
     """int64[H, 2] over ``buf`` itself (read-only; ``NO_CONTACTS`` when H = 0)."""
-    n_contacts = contact_count(buf)
+    if n_contacts is None:
+        n_contacts = contact_count(buf)
     if not n_contacts:
         return NO_CONTACTS
     return np.frombuffer(buf, dtype="<i8", count=2 * n_contacts,
@@ -140,10 +148,12 @@ _TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "t": int}
 _TAIL_OPTIONAL = {"s": list, "m": list}  # added within layout 1: absent means empty
 
 
-def decode_tail(buf, n_features: int, key: int) -> dict:
+def decode_tail(buf, n_features: int, key: int, tail_at: int | None = None) -> dict:
     """The msgpack part, with every documented key present and of its type."""
+    if tail_at is None:
+        tail_at = tail_offset(buf, n_features)
     try:
-        tail = msgpack.unpackb(buf[tail_offset(buf, n_features):], raw=False)
+        tail = msgpack.unpackb(buf[tail_at:], raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise CorruptProfile(f"profile {key:016x}: undecodable attributes ({exc})") from None
     if not isinstance(tail, dict):

@@ -24,16 +24,22 @@ from kernels.scoring import logit_of, sigmoid, top_contributions
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def rank_one(code, programs, consts, slots, offer_masks, offer_window, offer_value, weights,
-             bias, x, blocked, channel_bit, placement_bit, now, k, best, best_score, best_p,
-             stack, memo):
+def rank_one(code, programs, consts, slots, offer_masks, offer_window, offer_value, order,
+             weights, bias, x, blocked, channel_bit, placement_bit, now, k, best, best_score,
+             best_p, stack, memo):
     """Rank one customer's offers into ``best``/``best_score``/``best_p`` (length k);
     return (how many were filled, eligible count). An offer is eligible when in
-    scope, its rule holds and no policy blocked it (``blocked[i] < 0``)."""
+    scope, its rule holds and no policy blocked it (``blocked[i] < 0``).
+
+    Offers are visited in ``order``: by value x lever, highest first. A propensity is
+    at most 1, so an offer whose value x lever is below the k-th best score so far
+    cannot enter the top k: its dot product and exp are skipped (it is still counted
+    as eligible). Ties rank by lower offer index, whatever the visiting order."""
     n = programs.shape[0]
     size = 0
     eligible = 0
-    for i in range(n):
+    for j in range(n):
+        i = order[j]
         if not in_scope(offer_masks[i, 0], offer_masks[i, 1], offer_window[i, 0],
                         offer_window[i, 1], channel_bit, placement_bit, now):
             continue
@@ -46,16 +52,21 @@ def rank_one(code, programs, consts, slots, offer_masks, offer_window, offer_val
         if blocked[i] >= 0:
             continue
         eligible += 1
+        if size == k and offer_value[i, 0] * offer_value[i, 1] < best_score[k - 1]:
+            continue  # p x value x lever <= value x lever: cannot enter
         p = sigmoid(logit_of(weights, bias, x, i))
         s = p * offer_value[i, 0] * offer_value[i, 1]
-        if s != s or (size == k and s <= best_score[k - 1]):
+        if s != s:
             continue  # NaN never ranks (as in selection.top_k)
+        if size == k and (s < best_score[k - 1] or (s == best_score[k - 1]
+                                                    and i > best[k - 1])):
+            continue
         pos = size if size < k else k - 1
-        while pos > 0 and best_score[pos - 1] < s:
-            if pos < k:
-                best[pos] = best[pos - 1]
-                best_score[pos] = best_score[pos - 1]
-                best_p[pos] = best_p[pos - 1]
+        while pos > 0 and (best_score[pos - 1] < s or (best_score[pos - 1] == s
+                                                       and best[pos - 1] > i)):
+            best[pos] = best[pos - 1]
+            best_score[pos] = best_score[pos - 1]
+            best_p[pos] = best_p[pos - 1]
             pos -= 1
         best[pos] = i
         best_score[pos] = s
@@ -66,14 +77,15 @@ def rank_one(code, programs, consts, slots, offer_masks, offer_window, offer_val
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def decide_offers(code, programs, consts, slots, offer_masks, offer_window, offer_value,
+def decide_offers(code, programs, consts, slots, offer_masks, offer_window, offer_value, order,
                   weights, bias, x, channel_bit, placement_bit, now, k, n_reasons, contacts,
                   policies):
     """Rank the eligible offers for one customer.
 
     code, programs, consts, slots, offer_masks, offer_window, channel_bit,
     placement_bit, now: as ``eligibility.eligible_mask``.
-    offer_value: float64[n, 2] (value, lever) per offer.
+    offer_value: float64[n, 2] (value, lever) per offer; order: int32[n], the offers
+    by value x lever, highest first (``Catalog.offer_order``).
     weights float32[n, F], bias float64[n], x float32[F]: as ``scoring.propensity``.
     k: offers to return (>= 1); n_reasons: top features explained per returned offer.
     contacts int64[H, 2], policies (the tuple ``PolicySet.arrays``): as
@@ -98,8 +110,8 @@ def decide_offers(code, programs, consts, slots, offer_masks, offer_window, offe
     best_score = np.empty(k, dtype=np.float64)
     best_p = np.empty(k, dtype=np.float64)
     size, eligible = rank_one(code, programs, consts, slots, offer_masks, offer_window,
-                              offer_value, weights, bias, x, blocked, channel_bit, placement_bit,
-                              now, k, best, best_score, best_p, stack, memo)
+                              offer_value, order, weights, bias, x, blocked, channel_bit,
+                              placement_bit, now, k, best, best_score, best_p, stack, memo)
     chosen = best[:size].copy()
     reason_feature, reason_weight = top_contributions(weights, x, chosen, n_reasons)
     return (chosen, best_score[:size].copy(), best_p[:size].copy(), eligible,
@@ -107,7 +119,7 @@ def decide_offers(code, programs, consts, slots, offer_masks, offer_window, offe
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _batch_row(c, code, programs, consts, slots, offer_masks, offer_window, offer_value,
+def _batch_row(c, code, programs, consts, slots, offer_masks, offer_window, offer_value, order,
                weights, bias, features, contacts, contact_start, channel_bit, placement_bit,
                now, k, policies, chosen, score, prop, filled, eligible):
     """Rank customer ``c`` of a batch into row c of the outputs."""
@@ -120,7 +132,7 @@ def _batch_row(c, code, programs, consts, slots, offer_masks, offer_window, offe
     stack = np.empty(MAX_STACK, dtype=np.float64)
     memo = new_memo(code)
     size, count = rank_one(code, programs, consts, slots[c], offer_masks, offer_window,
-                           offer_value, weights, bias, features[c], blocked, channel_bit,
+                           offer_value, order, weights, bias, features[c], blocked, channel_bit,
                            placement_bit, now, k, chosen[c], score[c], prop[c], stack, memo)
     filled[c] = size
     eligible[c] = count
@@ -138,8 +150,8 @@ def _batch_outputs(m, k):
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def decide_batch(code, programs, consts, slots, offer_masks, offer_window, offer_value, weights,
-                 bias, features, contacts, contact_start, channel_bit, placement_bit, now, k,
+def decide_batch(code, programs, consts, slots, offer_masks, offer_window, offer_value, order,
+                 weights, bias, features, contacts, contact_start, channel_bit, placement_bit, now, k,
                  policies):
     """Rank every customer of a batch, in parallel over customers (``prange``).
 
@@ -152,14 +164,14 @@ def decide_batch(code, programs, consts, slots, offer_masks, offer_window, offer
     chosen, score, prop, filled, eligible = _batch_outputs(m, k)
     for c in prange(m):
         _batch_row(c, code, programs, consts, slots, offer_masks, offer_window, offer_value,
-                   weights, bias, features, contacts, contact_start, channel_bit,
+                   order, weights, bias, features, contacts, contact_start, channel_bit,
                    placement_bit, now, k, policies, chosen, score, prop, filled, eligible)
     return chosen, score, prop, filled, eligible
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def decide_batch_serial(code, programs, consts, slots, offer_masks, offer_window, offer_value,
-                        weights, bias, features, contacts, contact_start, channel_bit,
+                        order, weights, bias, features, contacts, contact_start, channel_bit,
                         placement_bit, now, k, policies):
     """``decide_batch`` on the calling thread, one customer after another (for callers
     that are already one of many threads: gRPC handlers)."""
@@ -167,6 +179,6 @@ def decide_batch_serial(code, programs, consts, slots, offer_masks, offer_window
     chosen, score, prop, filled, eligible = _batch_outputs(m, k)
     for c in range(m):
         _batch_row(c, code, programs, consts, slots, offer_masks, offer_window, offer_value,
-                   weights, bias, features, contacts, contact_start, channel_bit,
+                   order, weights, bias, features, contacts, contact_start, channel_bit,
                    placement_bit, now, k, policies, chosen, score, prop, filled, eligible)
     return chosen, score, prop, filled, eligible

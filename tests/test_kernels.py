@@ -19,6 +19,7 @@ import pytest
 
 from decision.rules import FieldTable, ProgramBuilder, string_id
 from kernels import eligibility as vm
+from decision.catalog import value_order
 from decision.layout import NO_CONTACTS
 from decision.policies import OUTCOMES, PolicySet, contact_tag
 from kernels.decide import decide_batch, decide_batch_serial, decide_offers
@@ -236,10 +237,10 @@ def test_shared_rules_compile_once_and_memo_matches_reference(seed):
         want = quiet(eligible_mask_reference, *args)
         np.testing.assert_array_equal(quiet(eligible_mask, *args), want)
         x = rng.normal(0, 1, features).astype(np.float32)
-        fused = quiet(decide_offers, code, programs, consts, slots, masks, window, offer_value,
-                      weights, bias, x, channel_bit, placement_bit, NOW, 10, 3, NO_CONTACTS,
-                      no_policies(n))
-        assert fused[3] == want.sum()
+        answer = quiet(fused, code, programs, consts, slots, masks, window, offer_value,
+                       weights, bias, x, channel_bit, placement_bit, NOW, 10, 3, NO_CONTACTS,
+                       no_policies(n))
+        assert answer[3] == want.sum()
 
 
 def test_random_rules_exercise_every_opcode_and_both_outcomes():
@@ -518,6 +519,12 @@ def composed(code, programs, consts, slots, masks, window, offer_value, weights,
     return chosen, s[chosen], p[chosen], int(mask.sum()), r_feature, r_weight
 
 
+def fused(code, programs, consts, slots, masks, window, offer_value, weights, bias, x, *rest):
+    """``decide_offers`` with the visiting order the catalog computes."""
+    return decide_offers(code, programs, consts, slots, masks, window, offer_value,
+                         value_order(offer_value), weights, bias, x, *rest)
+
+
 def no_policies(n: int) -> tuple:
     """The kernel's policy arguments for a catalog of n offers without policies."""
     return PolicySet([], ("c0",), [f"offer-{i}" for i in range(n)]).arrays
@@ -541,7 +548,7 @@ def check_fused(rng, n, f, k, n_reasons, readonly, distinct_rows=None, requests=
         args = (code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
                 channel_bit, placement_bit, NOW, k, n_reasons)
         chosen, score, prop, eligible, r_feature, r_weight, blocked = quiet(
-            decide_offers, *args, NO_CONTACTS, no_policies(n))
+            fused, *args, NO_CONTACTS, no_policies(n))
         assert (blocked == -1).all()
         w_chosen, w_score, w_prop, w_eligible, w_feature, w_weight = quiet(composed, *args)
         assert chosen.dtype == np.int32
@@ -592,7 +599,7 @@ def test_decide_offers_tie_break_by_hand():
     bias = np.zeros(n)
     x = np.array([1.0, 2.0], dtype=np.float32)
     x.flags.writeable = False
-    chosen, score, prop, eligible, r_feature, r_weight, _ = decide_offers(
+    chosen, score, prop, eligible, r_feature, r_weight, _ = fused(
         code, programs, np.zeros(0), np.zeros(0), masks, window, offer_value, weights, bias,
         x, 1, 0, NOW, 10, 2, NO_CONTACTS, no_policies(n))
     assert chosen.tolist() == [0, 2, 3, 4]   # 5.0, 5.0, 5.0, 0.0: ties by index
@@ -715,7 +722,7 @@ def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng):
         args = (code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
                 channel_bit, 0, NOW, k, 3)
         chosen, score, prop, eligible, _, _, blocked = quiet(
-            decide_offers, *args, contacts, policies.arrays)
+            fused, *args, contacts, policies.arrays)
         want = quiet(contact_blocks_reference, contacts, int(NOW * 1000), channel_bit,
                      *policies.arrays)
         np.testing.assert_array_equal(blocked, want)
@@ -728,12 +735,12 @@ def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng):
     starts = np.cumsum([0] + [len(h) for h in histories]).astype(np.int64)
     flat = np.ascontiguousarray(np.concatenate(histories).reshape(-1, 2))
     batch_args = (code, programs, consts, np.stack(rows_slots), masks, window, offer_value,
-                  weights, bias, np.stack(rows_x), flat, starts, channel_bit, 0, NOW, k,
+                  value_order(offer_value), weights, bias, np.stack(rows_x), flat, starts, channel_bit, 0, NOW, k,
                   policies.arrays)
     for kernel in (decide_batch, decide_batch_serial):
         chosen_b, score_b, prop_b, filled, eligible_b = quiet(kernel, *batch_args)
         for c in range(m):
-            one = quiet(decide_offers, code, programs, consts, rows_slots[c], masks, window,
+            one = quiet(fused, code, programs, consts, rows_slots[c], masks, window,
                         offer_value, weights, bias, rows_x[c], channel_bit, 0, NOW, k, 3,
                         histories[c], policies.arrays)
             r = len(one[0])
