@@ -311,6 +311,42 @@ class Engine:
         return self._decide(self._active, query)  # one catalog for the whole request
 
     def _decide(self, active: _Prepared, query: DecideQuery) -> Decision:
+        kind, value, channel_bit, placement_bit, k, slots = self._request(active, query)
+        now = self.clock()
+        with self.store.reader() as reader:
+            key = reader.resolve(kind, value)
+            buf = None if key is None else reader.profile_buffer(key)
+            return self._rank(active, query.channel, channel_bit, placement_bit, k, slots, key,
+                              buf, now, query.explain)
+
+    def decide_many(self, queries: list[DecideQuery]) -> list[Decision]:
+        """Several decisions at one instant, over one catalog version and one read
+        transaction (a page with several placements, or several customers). Every
+        query is checked first; an invalid one fails the call, naming its index."""
+        if not 1 <= len(queries) <= self.limits.max_batch:
+            raise InvalidArgument(f"requests: 1 to {self.limits.max_batch} decisions per "
+                                  f"call (max_batch), got {len(queries)}")
+        active = self._active
+        checked = []
+        for n, query in enumerate(queries):
+            try:
+                checked.append(self._request(active, query))
+            except DecisionError as exc:
+                raise type(exc)(f"requests[{n}].{exc}") from None
+        now = self.clock()
+        out = []
+        with self.store.reader() as reader:
+            for query, (kind, value, channel_bit, placement_bit, k, slots) in zip(queries,
+                                                                                   checked):
+                key = reader.resolve(kind, value)
+                buf = None if key is None else reader.profile_buffer(key)
+                out.append(self._rank(active, query.channel, channel_bit, placement_bit, k,
+                                      slots, key, buf, now, query.explain))
+        return out
+
+    def _request(self, active: _Prepared, query: DecideQuery) -> tuple:
+        """Check a query against the catalog and the limits; return (identifier kind,
+        value, channel bit, placement bit, k, the rule slots with the context filled)."""
         catalog = active.catalog
         limits = self.limits
         kind, value = self._identifier(query.customer, "customer")
@@ -327,13 +363,7 @@ class Engine:
             raise InvalidArgument(f"limit: must be between 1 and {limits.max_offers}, got {k}")
         slots = np.full(active.n_slots, _NAN)
         self._fill_context(active, query.context, slots)
-
-        now = self.clock()
-        with self.store.reader() as reader:
-            key = reader.resolve(kind, value)
-            buf = None if key is None else reader.profile_buffer(key)
-            return self._rank(active, query.channel, channel_bit, placement_bit, k, slots, key,
-                              buf, now, query.explain)
+        return kind, value, channel_bit, placement_bit, k, slots
 
     def _rank(self, active: _Prepared, channel: str, channel_bit: int, placement_bit: int,
               k: int, slots: np.ndarray, key: int | None, buf, now: float,

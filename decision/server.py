@@ -38,11 +38,13 @@ from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from decision.triggers import decode as decode_trigger
-from decision.wire import OfferEncodings, encode_decision
+from decision.wire import OfferEncodings, encode_decision, field_tag, varint
 
 log = logging.getLogger("decision.server")
 _CAMPAIGN_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+PRE_ENCODED = ("Decide", "DecideBatch")  # handlers that return wire bytes (decision.wire)
+_T_RESPONSES = field_tag(pb.DecideBatchResponse.DESCRIPTOR.fields_by_name["responses"])
 
 
 def _rpc(method):
@@ -73,6 +75,16 @@ def _event(msg: pb.Event) -> Event:
                  timestamp_ms=msg.timestamp_ms, channel=msg.channel,
                  attributes={k: _value(v) for k, v in msg.attributes.items()},
                  offer_id=msg.offer_id, decision_id=msg.decision_id)
+
+
+def _query(request: pb.DecideRequest) -> DecideQuery:
+    return DecideQuery(
+        customer=_identifier(request.customer), channel=request.channel,
+        placement=request.placement,
+        limit=request.limit if request.HasField("limit") else None,
+        context={k: _value(v) for k, v in request.context.items()},
+        explain=request.explain,
+    )
 
 
 def _value(msg: pb.Value):
@@ -187,18 +199,23 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     @_rpc
     def Decide(self, request: pb.DecideRequest, context) -> bytes:
-        query = DecideQuery(
-            customer=_identifier(request.customer), channel=request.channel,
-            placement=request.placement,
-            limit=request.limit if request.HasField("limit") else None,
-            context={k: _value(v) for k, v in request.context.items()},
-            explain=request.explain,
-        )
-        decision = self.engine.decide(query)
+        decision = self.engine.decide(_query(request))
+        return encode_decision(decision, self._encodings_for(decision))
+
+    def _encodings_for(self, decision: Decision) -> OfferEncodings:
         encodings = self._encodings.get(decision.prepared.catalog)
         if encodings is None:  # a request that outlived two reloads: rare, still right
             encodings = OfferEncodings(decision.prepared.catalog)
-        return encode_decision(decision, encodings)
+        return encodings
+
+    @_rpc
+    def DecideBatch(self, request: pb.DecideBatchRequest, context) -> bytes:
+        decisions = self.engine.decide_many([_query(r) for r in request.requests])
+        parts = []
+        for decision in decisions:
+            encoded = encode_decision(decision, self._encodings_for(decision))
+            parts += (_T_RESPONSES, varint(len(encoded)), encoded)
+        return b"".join(parts)
 
     @_rpc
     def GetProfile(self, request: pb.GetProfileRequest, context) -> pb.Profile:
@@ -328,7 +345,8 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=request_cls.FromString,
-            response_serializer=bytes if method.name == "Decide" else reply_cls.SerializeToString,
+            response_serializer=(bytes if method.name in PRE_ENCODED
+                                 else reply_cls.SerializeToString),
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

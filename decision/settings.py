@@ -36,6 +36,7 @@ class Limits:
     max_identifiers: int = 32  #: identifiers on one profile (and sent in one upsert)
     max_events_per_message: int = 5000  #: events in one TrackStream message
     max_message_bytes: int = 4 * 1024 * 1024  #: gRPC message size, both directions
+    max_batch: int = 1000  #: decisions in one DecideBatch call
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

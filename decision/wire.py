@@ -31,10 +31,10 @@ _LEN, _I64, _VARINT = 2, 1, 0
 
 
 def _tag(field, wire_type: int) -> bytes:
-    return _varint(field.number << 3 | wire_type)
+    return varint(field.number << 3 | wire_type)
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -45,8 +45,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def field_tag(field) -> bytes:
+    """The tag of a length-delimited (message, string) field."""
+    return _tag(field, _LEN)
+
+
+
 def _length_delimited(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
+    return tag + varint(len(payload)) + payload
 
 
 _T_DECISION_ID = _tag(_F["decision_id"], _LEN)
@@ -86,18 +92,18 @@ class OfferEncodings:
         for name in catalog.feature_names:
             prefix = pb.Reason(code="FEATURE", detail=name).SerializeToString()
             body_len = len(prefix) + len(_T_WEIGHT) + 8
-            self.feature_prefix.append(_T_REASON + _varint(body_len) + prefix + _T_WEIGHT)
+            self.feature_prefix.append(_T_REASON + varint(body_len) + prefix + _T_WEIGHT)
         self.version = _length_delimited(_T_CATALOG_VERSION, catalog.version.encode())
 
 
 def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
     """The serialised ``DecideResponse`` for ``d`` (``enc`` from d's catalog)."""
-    parts = [_T_DECISION_ID, _varint(len(d.decision_id)), d.decision_id.encode()]
+    parts = [_T_DECISION_ID, varint(len(d.decision_id)), d.decision_id.encode()]
     static = enc.offer_static
     prefix = enc.feature_prefix
     cold = d.cold_start
     for r, i in enumerate(d.offer_index):
-        body = [static[i], _T_RANK, _varint(r + 1), _T_SCORE, _DOUBLE(d.score[r]),
+        body = [static[i], _T_RANK, varint(r + 1), _T_SCORE, _DOUBLE(d.score[r]),
                 _T_PROPENSITY, _DOUBLE(d.propensity[r])]
         if cold:
             body.append(_COLD_REASON)
@@ -107,16 +113,16 @@ def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
                     body.append(prefix[j])
                     body.append(_DOUBLE(w))
         offer = b"".join(body)
-        parts += (_T_OFFERS, _varint(len(offer)), offer)
+        parts += (_T_OFFERS, varint(len(offer)), offer)
     if cold:
         parts.append(_COLD_START)
-    parts += (_T_ELIGIBLE_COUNT, _varint(d.eligible_count), enc.version, _T_DECIDED_AT,
-              _varint(d.decided_at_ms), _T_DELIVER_AT, _varint(d.deliver_at_ms))
+    parts += (_T_ELIGIBLE_COUNT, varint(d.eligible_count), enc.version, _T_DECIDED_AT,
+              varint(d.decided_at_ms), _T_DELIVER_AT, varint(d.deliver_at_ms))
     if d.timing == "now":
         parts.append(_TIMING_NOW)
     else:
         timing = d.timing.encode()
-        parts += (_T_TIMING, _varint(len(timing)), timing)
+        parts += (_T_TIMING, varint(len(timing)), timing)
     for offer, reason in d.removed_offers:  # explain only: rare, built with the classes
         parts.append(_length_delimited(_T_REMOVED, pb.RemovedOffer(
             offer_id=offer.id, reason=pb.Reason(code=reason.code, detail=reason.detail),

@@ -221,3 +221,42 @@ def test_feature_vector_of_another_width_is_data_loss(stub, running):
         stub.Decide(pb.DecideRequest(customer=ident("wide"), channel="web"))
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
     assert "40 features stored" in err.value.details()
+
+
+def _ranking(reply: pb.DecideResponse) -> list:
+    return [(o.offer_id, o.rank, o.score, o.propensity, [(r.code, r.detail) for r in o.reasons])
+            for o in reply.offers]
+
+
+def test_decide_batch_answers_as_decide_does(stub, alice):
+    requests = [
+        pb.DecideRequest(customer=ident("alice"), channel="web", placement="home_hero",
+                         context={"country": text("FR")}),
+        pb.DecideRequest(customer=ident("alice"), channel="kiosk", limit=1),
+        pb.DecideRequest(customer=ident("nobody"), channel="email"),
+    ]
+    batch = stub.DecideBatch(pb.DecideBatchRequest(requests=requests))
+    assert len(batch.responses) == 3
+    for got, request in zip(batch.responses, requests):
+        want = stub.Decide(request)
+        assert _ranking(got) == _ranking(want)
+        assert (got.eligible_count, got.cold_start, got.catalog_version) == \
+            (want.eligible_count, want.cold_start, want.catalog_version)
+    assert len({r.decision_id for r in batch.responses}) == 3  # one id per decision
+    assert len({r.decided_at_ms for r in batch.responses}) == 1  # one instant
+    assert batch.responses[2].cold_start
+
+
+@pytest.mark.parametrize(("requests", "message"), [
+    ([], "requests: 1 to 1000 decisions per call (max_batch), got 0"),
+    ([pb.DecideRequest(customer=ident("a"), channel="web")] * 1001, "got 1001"),
+    ([pb.DecideRequest(customer=ident("a"), channel="web"),
+      pb.DecideRequest(customer=ident("b"), channel="fax")],
+     "requests[1].channel: unknown channel 'fax'"),
+    ([pb.DecideRequest(channel="web")], "requests[0].customer.value: required"),
+])
+def test_decide_batch_bad_requests_name_the_index(stub, requests, message):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.DecideBatch(pb.DecideBatchRequest(requests=requests))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()

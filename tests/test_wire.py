@@ -7,7 +7,7 @@ import pytest
 from decision.engine import DecideQuery, Engine, Identifier, ProfileUpdate
 from decision.server import decision_message
 from decision.v1 import decision_pb2 as pb
-from decision.wire import OfferEncodings, _varint, encode_decision
+from decision.wire import OfferEncodings, varint, encode_decision
 
 
 @pytest.fixture
@@ -40,4 +40,4 @@ def test_wire_bytes_parse_to_the_reference_message(engine, rng):
 def test_varint_matches_protobuf():
     for n in [1, 127, 128, 300, 2**31 - 1, 2**40 + 5, 2**63 - 1]:
         msg = pb.DecideResponse(decided_at_ms=n)
-        assert msg.SerializeToString() == b"\x30" + _varint(n)
+        assert msg.SerializeToString() == b"\x30" + varint(n)

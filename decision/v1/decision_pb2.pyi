@@ -109,6 +109,18 @@ class DecideResponse(_message.Message):
     removed: _containers.RepeatedCompositeFieldContainer[RemovedOffer]
     def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., deliver_at_ms: _Optional[int] = ..., timing: _Optional[str] = ..., removed: _Optional[_Iterable[_Union[RemovedOffer, _Mapping]]] = ...) -> None: ...
 
+class DecideBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[DecideRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[DecideRequest, _Mapping]]] = ...) -> None: ...
+
+class DecideBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[DecideResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[DecideResponse, _Mapping]]] = ...) -> None: ...
+
 class GetProfileRequest(_message.Message):
     __slots__ = ("customer",)
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]

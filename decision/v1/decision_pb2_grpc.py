@@ -44,6 +44,11 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.DecideBatch = channel.unary_unary(
+                '/decision.v1.DecisionService/DecideBatch',
+                request_serializer=decision_dot_v1_dot_decision__pb2.DecideBatchRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.DecideBatchResponse.FromString,
+                _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/decision.v1.DecisionService/GetProfile',
                 request_serializer=decision_dot_v1_dot_decision__pb2.GetProfileRequest.SerializeToString,
@@ -109,6 +114,16 @@ class DecisionServiceServicer:
         right now. An unknown customer gets a cold-start decision (no profile data:
         rules see every profile field as missing, the model sees a zero feature vector),
         not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideBatch(self, request, context):
+        """Several decisions in one call, at one instant, over one catalog version: the
+        placements of a page, or several customers (at most 1,000 per call). Each
+        answer is what Decide would give; an invalid request fails the whole call,
+        naming its index (INVALID_ARGUMENT "requests[3].channel: ...").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -227,6 +242,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     request_deserializer=decision_dot_v1_dot_decision__pb2.DecideRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.DecideResponse.SerializeToString,
             ),
+            'DecideBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideBatch,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.DecideBatchRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.DecideBatchResponse.SerializeToString,
+            ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.GetProfileRequest.FromString,
@@ -310,6 +330,33 @@ class DecisionService:
             '/decision.v1.DecisionService/Decide',
             decision_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/DecideBatch',
+            decision_dot_v1_dot_decision__pb2.DecideBatchRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.DecideBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
