@@ -74,20 +74,23 @@ class Moments:
         self.track(who, kind, offer_id=offer, channel=channel, decision_id=decision_id)
 
     def triggers(self, kind: str, wait: float = 1.0, expect: int | None = None) -> list:
-        """The trigger log's entries of ``kind``: read until ``expect`` of them are
-        there (or, with no expectation, until ``wait`` seconds have passed)."""
-        deadline = time.monotonic() + wait
-        while True:
-            seen = []
-            try:
-                for t in self.stub.WatchTriggers(pb.WatchTriggersRequest(from_cursor=1),
-                                                 timeout=0.3):
-                    if t.kind == kind:
-                        seen.append(t)
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            if (expect is not None and len(seen) >= expect) or time.monotonic() > deadline:
-                return seen
+        return logged(self.stub, kind, wait, expect)
+
+
+def logged(stub, kind: str, wait: float = 1.0, expect: int | None = None) -> list:
+    """The trigger log's entries of ``kind``, through WatchTriggers: read until
+    ``expect`` of them are there (or, with no expectation, until ``wait`` s passed)."""
+    deadline = time.monotonic() + wait
+    while True:
+        seen = []
+        try:
+            for t in stub.WatchTriggers(pb.WatchTriggersRequest(from_cursor=1), timeout=0.3):
+                if t.kind == kind:
+                    seen.append(t)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        if (expect is not None and len(seen) >= expect) or time.monotonic() > deadline:
+            return seen
 
 
 @pytest.fixture
@@ -368,3 +371,24 @@ def test_catalog_refuses_what_cannot_work(tmp_path, snippet, message):
         assert m.decide("zed").catalog_version.startswith("moments@")
     finally:
         m.close()
+
+
+def test_two_server_processes_fire_each_action_once(tmp_path):
+    """Real clocks, two ``decision serve`` processes on one store, both running their
+    scheduler: each due action is taken in one write transaction, so it fires once."""
+    from tests.conftest import two_servers
+
+    catalog = tmp_path / "moments.toml"
+    catalog.write_text((DATA / "moments.toml").read_text().replace('delay = "30m"',
+                                                                   'delay = "1s"'))
+    with two_servers(tmp_path / "store", catalog) as (one, other):
+        for n in range(20):
+            (one if n % 2 else other).Track(pb.Event(
+                type="add_to_cart", customer=ident(f"twin-{n}"),
+                attributes={"sku": text("B")}), timeout=5)
+        assert len(logged(one, "action", wait=15, expect=20)) >= 20
+        time.sleep(1.5)  # more scheduler passes in both processes
+        actions = logged(other, "action", wait=0.3)
+        who = sorted(t.identifiers[0].value for t in actions)
+        assert who == sorted(f"twin-{n}" for n in range(20))  # each once, none lost
+        assert all(t.decision.offers for t in actions)
