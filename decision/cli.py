@@ -1,8 +1,10 @@
-"""The ``decision`` command: serve, demo, ask.
+"""The ``decision`` command: serve, demo, ask, floor, loadtest.
 
     decision serve --data-dir DIR --catalog FILE [--address H:P] [--workers N] [--threads T]
     decision demo  [--data-dir ./demo-data] [--customers 100000] [--offers 500] [--once]
     decision ask   --customer ID [--channel kiosk] [--placement P] [--context key=value ...]
+    decision loadtest [--address H:P] (--rate R | --concurrency C) [--mix decide=90,track=10]
+                      [--floor] [--json FILE] [--plots DIR]
 """
 
 from __future__ import annotations
@@ -184,6 +186,12 @@ def cmd_ask(args) -> int:
                 args.limit, _parse_context(args.context), args.json)
 
 
+def cmd_loadtest(args) -> int:
+    from decision.loadtest.cli import run
+
+    return run(args, _parse_context)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decision", description="Real-time next-best-offer server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a context entry; repeat for several")
     ask.add_argument("--json", action="store_true", help="print the raw reply as JSON")
     ask.set_defaults(run=cmd_ask)
+
+    from decision.loadtest.cli import add_arguments
+
+    loadtest = sub.add_parser(
+        "loadtest", help="drive a server at a fixed rate (open loop) or concurrency (closed "
+        "loop) and report latency percentiles, throughput and errors, optionally against "
+        "the empty-handler floor")
+    add_arguments(loadtest)
+    loadtest.set_defaults(run=cmd_loadtest)
     return parser
 
 
