@@ -136,7 +136,7 @@ class _Sender:
             try:
                 grpc.channel_ready_future(ch).result(timeout=timeout)
             except grpc.FutureTimeoutError:
-                raise LoadTestError(f"cannot connect to {address} within {timeout:.0f} s "
+                raise LoadTestError(f"cannot connect to {address} within {timeout:g} s "
                                     "(is a server listening there?)") from None
 
     def close(self) -> None:
@@ -225,7 +225,7 @@ def run_client(target: Target, load: Load, workload: Workload, index: int, sink,
     """
     try:
         sender = _Sender(target, load, workload, index)
-        sender.connect(target.address)
+        sender.connect(target.address, timeout=min(10.0, load.timeout_s))
     except LoadTestError as exc:
         sink(("error", index, str(exc)))
         return
