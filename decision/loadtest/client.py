@@ -16,6 +16,7 @@ intervals and totals from those.
 from __future__ import annotations
 
 import collections
+import gc
 import threading
 import time
 from collections import Counter
@@ -229,6 +230,8 @@ def run_client(target: Target, load: Load, workload: Workload, index: int, sink,
     except LoadTestError as exc:
         sink(("error", index, str(exc)))
         return
+    gc.collect()
+    gc.freeze()  # what exists now is never scanned again: short collections while measuring
     sink(("ready", index))
     start_ns = go()
     rate, concurrency, cap = load.share(index)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import sys
-import threading
 import time
 
 from decision.loadtest.client import Load, LoadTestError, Target, run_client
@@ -37,24 +36,20 @@ def run_load(target: Target, load: Load, workload: Workload, progress=None,
 
     ``progress(figures)`` is called after every interval with the live figures;
     ``keep``, when given, receives the ``Aggregate`` (for plots) under "aggregate".
+    The clients are ``spawn``-ed processes: a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard.
     """
     aggregate = Aggregate(load)
     n = load.processes
-    if n == 1:
-        out: queue.Queue = queue.Queue()
-        go = threading.Event()
-        holder = type("Start", (), {"value": 0})()
-        workers = [threading.Thread(target=_child, name="loadtest-client",
-                                    args=(target, load, workload, 0, out, go, holder),
-                                    daemon=True)]
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        out = ctx.Queue()
-        go = ctx.Event()
-        holder = ctx.Value("q", 0)
-        workers = [ctx.Process(target=_child, name=f"loadtest-client-{i}",
-                               args=(target, load, workload, i, out, go, holder), daemon=True)
-                   for i in range(n)]
+    # Client processes even for one: the caller's threads (a test server, pytest, plots)
+    # must not share the client's GIL, and a small fresh process has short GC pauses.
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    go = ctx.Event()
+    holder = ctx.Value("q", 0)
+    workers = [ctx.Process(target=_child, name=f"loadtest-client-{i}",
+                           args=(target, load, workload, i, out, go, holder), daemon=True)
+               for i in range(n)]
     for w in workers:
         w.start()
     try:
@@ -83,7 +78,7 @@ def run_load(target: Target, load: Load, workload: Workload, progress=None,
     finally:
         for w in workers:
             w.join(timeout=5)
-            if w.is_alive() and hasattr(w, "terminate"):
+            if w.is_alive():
                 w.terminate()
     if keep is not None:
         keep["aggregate"] = aggregate
