@@ -110,6 +110,9 @@ class Aggregate:
             "errors": dict(sorted(by_code.items())),
             "error_count": errors,
             "unfinished": sum(d["unfinished"] for d in self.done),
+            # the client's own CPU, in cores: on a shared machine, taken from the server
+            "client_cpu_cores": round(sum(d["cpu_s"] for d in self.done)
+                                      / max(1e-9, max(d["wall_s"] for d in self.done)), 2),
             "throughput_rps": round(ok_in_window / measured_s, 1),
             "latency_us": summarize(self.all),
             "by_rpc": by_rpc,
@@ -201,6 +204,9 @@ def render(result: dict) -> str:
         lines.append(f"client send lag (actual send - schedule): p50 {_ms(lag['p50'])} ms, "
                      f"p99 {_ms(lag['p99'])} ms, max {_ms(lag['max'])} ms (counted in the "
                      "latency above)")
+    lines.append("")
+    lines.append(f"client CPU: {result['client_cpu_cores']:.2f} cores (on this machine, "
+                 "not available to a server beside it)")
     if result.get("unfinished"):
         lines.append(f"unfinished requests at the end: {result['unfinished']}")
     if floor:

@@ -137,12 +137,21 @@ def max_rate_at(target: Target, workload: Workload, p99_us: float, start_rate: f
 
     good, bad = 0.0, None
     rate = start_rate
-    while bad is None:
+    while not attempt(rate):  # too fast already: halve until a rate passes
+        bad = rate
+        rate /= 2
+        if rate < 10:
+            return {"rate": 0.0, "result": None,
+                    "steps": [{k: v for k, v in s.items() if k != "result"} for s in steps]}
+    good = rate
+    rate *= step
+    while bad is None or rate < bad:
         if attempt(rate):
             good = rate
             rate *= step
         else:
             bad = rate
+            break
     for _ in range(refine):
         mid = (good + bad) / 2 if good else bad / 2
         if attempt(mid):

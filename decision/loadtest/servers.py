@@ -28,10 +28,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def _process(args: list[str], name: str, env: dict | None = None, timeout: float = 120.0):
+def _process(args: list[str], name: str, env: dict | None = None, timeout: float = 120.0,
+             module: str = "decision.cli"):
     address = f"127.0.0.1:{free_port()}"
     log = tempfile.NamedTemporaryFile(prefix=f"decision-{name}-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "decision.cli", *args, "--address", address],
+    proc = subprocess.Popen([sys.executable, "-m", module, *args, "--address", address],
                             stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
     try:
@@ -80,6 +81,11 @@ def _wait_serving(address: str, deadline: float) -> None:
 def floor_server(threads: int = 8, env: dict | None = None):
     """``with floor_server() as address``: the empty-handler floor (``decision floor``)."""
     return _process(["floor", "--threads", str(threads)], "floor", env)
+
+
+def aio_floor_server(env: dict | None = None):
+    """The asyncio floor prototype (``benchmarks/aio_floor.py``; run from the repository)."""
+    return _process([], "aio-floor", env, module="benchmarks.aio_floor")
 
 
 def decision_server(data_dir: Path, catalog: Path, workers: int = 1, threads: int = 8,
