@@ -106,7 +106,8 @@ def transport(data: Path, log) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| setting | one in flight p50 / p99 (ms) | saturation (/s) | p99 at saturation (ms) |",
+    lines = ["| setting | one in flight p50 / p99 (ms) | saturation (/s) "
+             "| p99 at saturation (ms) |",
              "| --- | --- | --- | --- |"]
     for name, r in results.items():
         if "one_in_flight" not in r:
