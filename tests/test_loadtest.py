@@ -21,7 +21,9 @@ import grpc
 import pytest
 
 from decision.demo import ensure_demo
-from decision.loadtest import Load, Target, Workload, parse_mix, parse_skew, render, run_load
+from decision.loadtest import (
+    Load, Target, Workload, max_rate_at, parse_mix, parse_skew, render, run_load,
+)
 from decision.loadtest.workload import WorkloadError, draw_customers
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
@@ -29,15 +31,17 @@ from tests.conftest import ServerProcess, free_port
 
 
 class ScriptedServicer(pb_grpc.DecisionServiceServicer):
-    """Decide answers at once, except: the ``stall_at``-th call sleeps ``stall_s``;
+    """Decide answers at once (after ``work_s``), except: the ``stall_at``-th call sleeps
+    ``stall_s``;
     every ``fail_every``-th fails RESOURCE_EXHAUSTED; with ``token`` set, a call
     without ``authorization: Bearer <token>`` fails UNAUTHENTICATED. GetProfile is
     always NOT_FOUND. ``codes`` counts what was answered."""
 
     def __init__(self, stall_at: int = 0, stall_s: float = 0.0, fail_every: int = 0,
-                 token: str | None = None):
+                 token: str | None = None, work_s: float = 0.0):
         self.stall_at, self.stall_s, self.fail_every, self.token = (
             stall_at, stall_s, fail_every, token)
+        self.work_s = work_s
         self.lock = threading.Lock()
         self.calls = 0
         self.codes: Counter = Counter()
@@ -57,6 +61,8 @@ class ScriptedServicer(pb_grpc.DecisionServiceServicer):
             self._answer(context, grpc.StatusCode.UNAUTHENTICATED, "bad token")
         if n == self.stall_at:
             time.sleep(self.stall_s)
+        if self.work_s:
+            time.sleep(self.work_s)
         if self.fail_every and n % self.fail_every == 0:
             self._answer(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "scripted")
         self._answer(context)
@@ -127,6 +133,18 @@ def test_open_loop_charges_its_own_late_sends(scripted):
     assert result["requests"] == 800
     assert result["latency_us"]["p99"] >= 150_000, result["latency_us"]
     assert result["send_lag_us"]["max"] >= 200_000, result["send_lag_us"]
+
+
+def test_rate_search_stops_at_the_servers_capacity(scripted):
+    """One handler thread busy 2 ms per request serves at most ~500/s: the highest rate
+    with p99 <= 20 ms is below that, and the rate above it was tried and failed."""
+    address = scripted(ScriptedServicer(work_s=0.002), threads=1)
+    found = max_rate_at(Target(address), Workload(customers=100), 20_000, 250,
+                        Load(rate=1, duration_s=1.0, warmup_s=0.25))
+    assert 250 <= found["rate"] < 520, found["steps"]
+    assert found["result"]["latency_us"]["p99"] <= 20_000
+    assert any(not s["pass"] and s["rate"] > found["rate"] for s in found["steps"])
+    assert all(s["pass"] for s in found["steps"] if s["rate"] <= found["rate"])
 
 
 def test_errors_are_counted_by_status_code(scripted):
