@@ -1,9 +1,11 @@
-"""The ``decision`` command: serve, demo, ask.
+"""The ``decision`` command: serve, demo, ask, floor, loadtest.
 
     decision serve --data-dir DIR --catalog FILE [--address H:P] [--workers N] [--threads T]
     decision demo  [--data-dir ./demo-data] [--customers 100000] [--offers 500] [--once]
     decision ask   --customer ID [--channel kiosk] [--placement P] [--context key=value ...]
     decision campaign --data-dir DIR --catalog FILE --segment S --channel C --out FILE
+    decision loadtest [--address H:P] (--rate R | --concurrency C) [--mix decide=90,track=10]
+                      [--floor] [--json FILE] [--plots DIR]
 """
 
 from __future__ import annotations
@@ -213,6 +215,12 @@ def cmd_campaign(args) -> int:
     return 0
 
 
+def cmd_loadtest(args) -> int:
+    from decision.loadtest.cli import run
+
+    return run(args, _parse_context)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decision", description="Real-time next-best-offer server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_server_flags(campaign)
     campaign.set_defaults(run=cmd_campaign)
+
+    from decision.loadtest.cli import add_arguments
+
+    loadtest = sub.add_parser(
+        "loadtest", help="drive a server at a fixed rate (open loop) or concurrency (closed "
+        "loop) and report latency percentiles, throughput and errors, optionally against "
+        "the empty-handler floor")
+    add_arguments(loadtest)
+    loadtest.set_defaults(run=cmd_loadtest)
     return parser
 
 

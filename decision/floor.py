@@ -15,6 +15,8 @@ from decision.v1 import decision_pb2_grpc as pb_grpc
 
 _EMPTY_DECISION = pb.DecideResponse()
 _EMPTY_TRACK = pb.TrackResponse()
+_EMPTY_PROFILE = pb.Profile()
+_EMPTY_OFFERS = pb.ListOffersResponse()
 
 
 class EmptyDecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -23,6 +25,15 @@ class EmptyDecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def Track(self, request, context):
         return _EMPTY_TRACK
+
+    def GetProfile(self, request, context):
+        return _EMPTY_PROFILE
+
+    def UpsertProfile(self, request, context):
+        return _EMPTY_PROFILE
+
+    def ListOffers(self, request, context):
+        return _EMPTY_OFFERS
 
     def TrackStream(self, request_iterator, context):
         received = sum(len(batch.events) for batch in request_iterator)  # parse them all
