@@ -43,7 +43,8 @@ from decision.wire import OfferEncodings, encode_decision, field_tag, varint
 log = logging.getLogger("decision.server")
 _CAMPAIGN_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
-PRE_ENCODED = ("Decide", "DecideBatch")  # handlers that return wire bytes (decision.wire)
+PRE_ENCODED = ("Decide", "DecideBatch", "ListOffers")  # handlers that return wire bytes
+MAX_CACHED_LISTINGS = 256  # ListOffers answers kept per process (channel x placement)
 _T_RESPONSES = field_tag(pb.DecideBatchResponse.DESCRIPTOR.fields_by_name["responses"])
 
 
@@ -188,6 +189,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._watchers = 0
         self._watchers_lock = threading.Lock()
         self._encodings: dict[Catalog, OfferEncodings] = {}
+        self._listings: dict[tuple, bytes] = {}  # (catalog, channel, placement) -> reply
         engine.on_catalog(self._prepare_encodings)
 
     def _prepare_encodings(self, catalog: Catalog) -> None:
@@ -196,6 +198,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         active = self.engine.catalog
         kept = {c: e for c, e in self._encodings.items() if c is active}
         self._encodings = {**kept, catalog: OfferEncodings(catalog)}
+        self._listings = {}  # ListOffers answers of older catalogs go
 
     @_rpc
     def Decide(self, request: pb.DecideRequest, context) -> bytes:
@@ -232,10 +235,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return _profile(record, self.engine.catalog.feature_names)
 
     @_rpc
-    def ListOffers(self, request: pb.ListOffersRequest, context) -> pb.ListOffersResponse:
+    def ListOffers(self, request: pb.ListOffersRequest, context) -> bytes:
         catalog, offers = self.engine.list_offers(request.channel, request.placement)
-        return pb.ListOffersResponse(offers=[_offer(o) for o in offers],
-                                     catalog_version=catalog.version)
+        cache = self._listings  # per catalog version: the answers do not change
+        key = (catalog, request.channel, request.placement)
+        reply = cache.get(key)
+        if reply is None:
+            reply = pb.ListOffersResponse(offers=[_offer(o) for o in offers],
+                                          catalog_version=catalog.version).SerializeToString()
+            if len(cache) >= MAX_CACHED_LISTINGS:
+                cache.clear()
+            cache[key] = reply
+        return reply
 
     @_rpc
     def Track(self, request: pb.Event, context) -> pb.TrackResponse:
