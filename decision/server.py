@@ -409,7 +409,7 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-HEADROOM_RPCS = 4  # threads beyond the request and watcher bounds: health, reflection, sheds
+HEADROOM_RPCS = 8  # threads beyond the request and watcher bounds: health, reflection, sheds
 
 
 def max_watchers(settings: Settings) -> int:
@@ -422,13 +422,15 @@ def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
 
     Nothing waits in the thread pool's queue: it has a thread for every call gRPC
     admits (``maximum_concurrent_rpcs``, beyond which gRPC itself answers
-    RESOURCE_EXHAUSTED), that is ``max_in_flight`` requests, the trigger subscribers
-    and a few threads of headroom for health checks and for answering the calls
-    ``Gate`` sheds. So an overloaded process answers at once, and a request that is
+    RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded", not counted in the metrics),
+    that is ``max_in_flight`` requests, the trigger subscribers and as many threads
+    again (at least 8) of headroom for health checks and for answering the calls
+    ``Gate`` sheds, with its message and its metric. So an overloaded process answers at once, and a request that is
     admitted starts at once.
     """
     size = settings.limits.max_message_bytes
-    ceiling = settings.max_in_flight + max_watchers(settings) + HEADROOM_RPCS
+    ceiling = (settings.max_in_flight + max_watchers(settings)
+               + max(HEADROOM_RPCS, settings.max_in_flight))
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="decision-rpc"),
         maximum_concurrent_rpcs=ceiling,
