@@ -76,7 +76,7 @@ class Metrics:
     """The metrics of one server process; ``registry`` is what the endpoint serves."""
 
     def __init__(self, engine, in_flight: Callable[[], int]):
-        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.registry = r = CollectorRegistry(auto_describe=False)
         self._latency = Histogram("decision_request_seconds",
                                   "DecisionService request latency in the handler, seconds",
                                   ["method", "code"], buckets=BUCKETS, registry=r)
