@@ -68,16 +68,19 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-context-entries", type=int, metavar="N",
                         default=defaults.max_context_entries,
                         help="entries in a request context or event (default %(default)s)")
-    limits.add_argument("--max-string-bytes", type=int, metavar="N", default=defaults.max_string_bytes,
+    limits.add_argument("--max-string-bytes", type=int, metavar="N",
+                        default=defaults.max_string_bytes,
                         help="bytes per identifier, key and string value (default %(default)s)")
     limits.add_argument("--max-attributes", type=int, metavar="N", default=defaults.max_attributes,
                         help="attributes per profile (default %(default)s)")
-    limits.add_argument("--max-identifiers", type=int, metavar="N", default=defaults.max_identifiers,
+    limits.add_argument("--max-identifiers", type=int, metavar="N",
+                        default=defaults.max_identifiers,
                         help="identifiers per profile (default %(default)s)")
     limits.add_argument("--max-events-per-message", type=int, metavar="N",
                         default=defaults.max_events_per_message,
                         help="events in one TrackStream message (default %(default)s)")
-    limits.add_argument("--max-message-bytes", type=int, metavar="N", default=defaults.max_message_bytes,
+    limits.add_argument("--max-message-bytes", type=int, metavar="N",
+                        default=defaults.max_message_bytes,
                         help="gRPC message size, both directions (default %(default)s)")
     sec = p.add_argument_group("security (default: plaintext, no credentials, which is only "
                                "allowed on a loopback address)")

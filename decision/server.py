@@ -425,8 +425,8 @@ def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
     RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded", not counted in the metrics),
     that is ``max_in_flight`` requests, the trigger subscribers and as many threads
     again (at least 8) of headroom for health checks and for answering the calls
-    ``Gate`` sheds, with its message and its metric. So an overloaded process answers at once, and a request that is
-    admitted starts at once.
+    ``Gate`` sheds, with its message and its metric. So an overloaded process answers
+    at once, and a request that is admitted starts at once.
     """
     size = settings.limits.max_message_bytes
     ceiling = (settings.max_in_flight + max_watchers(settings)
