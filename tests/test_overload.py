@@ -237,8 +237,25 @@ def test_sigterm_drains_and_loses_no_acknowledged_event(tmp_path, catalog_file):
     threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
     for t in threads:
         t.start()
+    held_channel = grpc.insecure_channel(server.address)
+    release, sent = threading.Event(), threading.Event()
+
+    def held_events():  # a stream in flight when the signal comes, finishing after it
+        yield pb.EventBatch(events=[purchase("drain-held", 1.0, event_id="h-0")])
+        sent.set()
+        release.wait(10)
+        yield pb.EventBatch(events=[purchase("drain-held", 1.0, event_id="h-1")])
+
+    held = pb_grpc.DecisionServiceStub(held_channel).TrackStream.future(held_events(),
+                                                                         timeout=30)
+    assert sent.wait(10)
     time.sleep(1.0)
     server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert server.proc.poll() is None  # draining: the held stream is still in flight
+    release.set()
+    assert held.result(timeout=10).applied == 2  # finished during the drain
+    held_channel.close()
     assert server.proc.wait(timeout=30) == 0
     stop.set()
     for t in threads:
@@ -251,6 +268,8 @@ def test_sigterm_drains_and_loses_no_acknowledged_event(tmp_path, catalog_file):
         server.wait_ready()
         with grpc.insecure_channel(server.address) as ch:
             stub = pb_grpc.DecisionServiceStub(ch)
+            held = stub.GetProfile(pb.GetProfileRequest(customer=ident("drain-held")))
+            assert held.counters["purchases"] == 2
             for c in range(4):
                 got = stub.GetProfile(pb.GetProfileRequest(customer=ident(f"drain-{c}")))
                 # every acknowledged event is there; one may be applied but unacknowledged
