@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,17 @@ def _settings(args, data_dir: Path, catalog: Path) -> Settings:
         data_dir=data_dir, catalog_path=catalog, address=args.address, workers=args.workers,
         threads=args.threads, map_size=args.map_size << 20, durable=not args.nosync,
         identifier_kinds=tuple(k.strip() for k in args.identifier_kinds.split(",") if k.strip()),
-        limits=Limits(max_offers=args.max_offers, default_offers=min(5, args.max_offers)),
+        limits=Limits(max_offers=args.max_offers, default_offers=min(5, args.max_offers),
+                      max_context_entries=args.max_context_entries,
+                      max_string_bytes=args.max_string_bytes,
+                      max_attributes=args.max_attributes,
+                      max_identifiers=args.max_identifiers,
+                      max_events_per_message=args.max_events_per_message,
+                      max_message_bytes=args.max_message_bytes),
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        credentials=args.credentials, allow_unauthenticated=args.allow_unauthenticated,
+        max_in_flight=args.max_in_flight, metrics_address=args.metrics_address,
+        log_format=args.log_format, access_log_sample=args.access_log_sample,
     )
 
 
@@ -38,7 +49,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the port and the store (default %(default)s)")
     p.add_argument("--threads", type=int, default=8,
-                   help="gRPC handler threads per process (default %(default)s)")
+                   help="sizes a process: up to threads/2 WatchTriggers subscribers, and "
+                        "4 x threads requests in flight unless --max-in-flight says "
+                        "(default %(default)s)")
     p.add_argument("--map-size", type=int, default=1024, metavar="MIB",
                    help="initial LMDB map size in MiB; it doubles when full (default %(default)s)")
     p.add_argument("--identifier-kinds", default=",".join(DEFAULT_IDENTIFIER_KINDS),
@@ -47,13 +60,59 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nosync", action="store_true",
                    help="commit without fsync: faster writes; a killed process loses "
                         "nothing, a machine crash can lose the last commits")
-    p.add_argument("--max-offers", type=int, default=100,
-                   help="largest limit a Decide request may ask for (default %(default)s)")
+    p.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                   help="requests worked on at once per process; beyond, RESOURCE_EXHAUSTED "
+                        "at once (default: 4 x --threads)")
+    limits = p.add_argument_group("limits (over a limit: INVALID_ARGUMENT or "
+                                  "RESOURCE_EXHAUSTED naming it)")
+    defaults = Limits()
+    limits.add_argument("--max-offers", type=int, metavar="N", default=defaults.max_offers,
+                        help="largest limit a Decide request may ask for (default %(default)s)")
+    limits.add_argument("--max-context-entries", type=int, metavar="N",
+                        default=defaults.max_context_entries,
+                        help="entries in a request context or event (default %(default)s)")
+    limits.add_argument("--max-string-bytes", type=int, metavar="N",
+                        default=defaults.max_string_bytes,
+                        help="bytes per identifier, key and string value (default %(default)s)")
+    limits.add_argument("--max-attributes", type=int, metavar="N", default=defaults.max_attributes,
+                        help="attributes per profile (default %(default)s)")
+    limits.add_argument("--max-identifiers", type=int, metavar="N",
+                        default=defaults.max_identifiers,
+                        help="identifiers per profile (default %(default)s)")
+    limits.add_argument("--max-events-per-message", type=int, metavar="N",
+                        default=defaults.max_events_per_message,
+                        help="events in one TrackStream message (default %(default)s)")
+    limits.add_argument("--max-message-bytes", type=int, metavar="N",
+                        default=defaults.max_message_bytes,
+                        help="gRPC message size, both directions (default %(default)s)")
+    sec = p.add_argument_group("security (default: plaintext, no credentials, which is only "
+                               "allowed on a loopback address)")
+    sec.add_argument("--tls-cert", type=Path, metavar="PEM",
+                     help="server certificate chain: serve TLS")
+    sec.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    sec.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                     help="mutual TLS: require client certificates signed by this CA")
+    sec.add_argument("--credentials", type=Path, metavar="TOML",
+                     help="clients, tokens (or their sha256) and roles; every call must "
+                          "send 'authorization: Bearer <token>'")
+    sec.add_argument("--allow-unauthenticated", action="store_true",
+                     help="serve a non-loopback address without --credentials")
+    ops = p.add_argument_group("operations")
+    ops.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics; with "
+                          "--workers N, worker i uses PORT+i (default: off)")
+    ops.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="text or JSON lines (default %(default)s)")
+    ops.add_argument("--access-log-sample", type=float, default=0.0, metavar="FRACTION",
+                     help="fraction of successful requests logged, one line each; failed "
+                          "requests are always logged (default %(default)s)")
 
 
 def cmd_serve(args) -> int:
+    from decision.logs import configure
     from decision.server import serve_workers
 
+    configure(args.log_format)
     serve_workers(_settings(args, Path(args.data_dir), Path(args.catalog)))
     return 0
 
@@ -67,6 +126,7 @@ def cmd_floor(args) -> int:
 
 def cmd_demo(args) -> int:
     from decision.demo import ensure_demo
+    from decision.logs import configure as configure_logs
     from decision.server import serve
 
     data_dir = Path(args.data_dir)
@@ -75,6 +135,7 @@ def cmd_demo(args) -> int:
     catalog = ensure_demo(data_dir, args.customers, args.offers, progress=not args.quiet)
     print(f"decision demo: data ready in {time.perf_counter() - started:.1f} s", flush=True)
     settings = _settings(args, data_dir / "profiles", catalog)
+    configure_logs(args.log_format)
 
     def ask_once(running) -> None:
         from decision.demo import customer_id
@@ -84,14 +145,13 @@ def cmd_demo(args) -> int:
         print(f"\n$ decision ask --address {address} --customer {who} --channel kiosk "
               "--context country=FR --context device=kiosk\n", flush=True)
         _ask(address, who, "customer_id", "kiosk", "", 3,
-             {"country": "FR", "device": "kiosk"}, as_json=False)
+             {"country": "FR", "device": "kiosk"}, as_json=False, token=None, tls=None)
         print(f"\nTry it yourself:\n  decision ask --address {address} --customer C0000007 "
               f"--channel web --placement home_hero --context device=mobile\n"
               f"  grpcurl -plaintext -d '{{\"customer\": {{\"value\": \"{who}\"}}, "
               f"\"channel\": \"app\"}}' {address} decision.v1.DecisionService/Decide\n",
               flush=True)
         if args.once:
-            import os
             import signal
             os.kill(os.getpid(), signal.SIGTERM)
         else:
@@ -118,8 +178,20 @@ def _parse_context(items: list[str]) -> dict:
     return out
 
 
+def _read_pem(flag: str, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"{flag} {path}: {exc.strerror}") from None
+
+
 def _ask(address: str, customer: str, kind: str, channel: str, placement: str, limit: int,
-         context: dict, as_json: bool, explain: bool = False) -> int:
+         context: dict, as_json: bool, token: str | None,
+         tls: tuple[bytes | None, bytes | None, bytes | None] | None,
+         explain: bool = False) -> int:
+    """``tls``: (root CA, client cert, client key) PEM bytes for a TLS server, or None."""
     import grpc
     from google.protobuf import json_format
 
@@ -137,11 +209,18 @@ def _ask(address: str, customer: str, kind: str, channel: str, placement: str, l
         customer=pb.Identifier(kind=kind, value=customer), channel=channel,
         placement=placement, limit=limit, context={k: value(v) for k, v in context.items()},
         explain=explain)
-    with grpc.insecure_channel(address) as channel_:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    if tls is None:
+        channel_ = grpc.insecure_channel(address)
+    else:
+        root, cert, key = tls
+        channel_ = grpc.secure_channel(address, grpc.ssl_channel_credentials(
+            root_certificates=root, private_key=key, certificate_chain=cert))
+    with channel_:
         stub = pb_grpc.DecisionServiceStub(channel_)
         started = time.perf_counter()
         try:
-            reply = stub.Decide(request, timeout=10)
+            reply = stub.Decide(request, timeout=10, metadata=metadata)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -192,8 +271,16 @@ def render(reply, customer: str, channel: str, placement: str, elapsed_ms: float
 
 
 def cmd_ask(args) -> int:
+    if (args.client_cert is None) != (args.client_key is None):
+        raise SystemExit("--client-cert and --client-key go together")
+    tls = None
+    if args.tls or args.tls_ca or args.client_cert:
+        tls = (_read_pem("--tls-ca", args.tls_ca), _read_pem("--client-cert", args.client_cert),
+               _read_pem("--client-key", args.client_key))
     return _ask(args.address, args.customer, args.kind, args.channel, args.placement,
-                args.limit, _parse_context(args.context), args.json, args.explain)
+                args.limit, _parse_context(args.context), args.json,
+                token=args.token or os.environ.get("DECISION_TOKEN"), tls=tls,
+                explain=args.explain)
 
 
 def cmd_campaign(args) -> int:
@@ -259,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the raw reply as JSON")
     ask.add_argument("--explain", action="store_true",
                      help="also list the offers a contact policy removed")
+    ask.add_argument("--token", help="send 'authorization: Bearer TOKEN' (default: the "
+                     "DECISION_TOKEN environment variable, which keeps it out of ps)")
+    ask.add_argument("--tls", action="store_true",
+                     help="connect with TLS, trusting the system's root certificates")
+    ask.add_argument("--tls-ca", metavar="PEM",
+                     help="connect with TLS, trusting this CA (implies --tls)")
+    ask.add_argument("--client-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    ask.add_argument("--client-key", metavar="PEM", help="client private key (mutual TLS)")
     ask.set_defaults(run=cmd_ask)
 
     campaign = sub.add_parser("campaign", help="Inspire: decide for every member of a segment "

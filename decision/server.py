@@ -8,11 +8,12 @@ port (SO_REUSEPORT) over one LMDB environment.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import random
 import re
 import signal
 import sys
@@ -30,11 +31,15 @@ from decision.catalog import Catalog, Offer
 from decision.engine import (
     DecideQuery, Decision, Engine, Identifier, ProfileUpdate,
 )
+from decision.auth import Authenticator
 from decision.campaign import FORMATS, CampaignSpec, run_campaign
-from decision.errors import DecisionError, InvalidArgument
+from decision.errors import ConfigError, DecisionError, InvalidArgument
+from decision.logs import ACCESS
+from decision.logs import configure as configure_logs
+from decision.metrics import Metrics
 from decision.ingest import Event, TooManyInMessage
 from decision.layout import ProfileRecord
-from decision.settings import Settings
+from decision.settings import Settings, is_loopback
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from decision.triggers import decode as decode_trigger
@@ -48,22 +53,129 @@ MAX_CACHED_LISTINGS = 256  # ListOffers answers kept per process (channel x plac
 _T_RESPONSES = field_tag(pb.DecideBatchResponse.DESCRIPTOR.fields_by_name["responses"])
 
 
-def _rpc(method):
-    """Map package errors to their status; never send a stack trace to a client."""
+_INTERNAL = "internal error (incident {}; details in the server log)"
+_note = threading.local()  # what a handler tells the access log (Decide: decision_id)
 
-    @functools.wraps(method)
-    def handler(self, request, context):
-        try:
-            return method(self, request, context)
-        except DecisionError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("internal error in %s (incident %s)", method.__name__, incident)
-            context.abort(grpc.StatusCode.INTERNAL,
-                          f"internal error (incident {incident}; details in the server log)")
 
-    return handler
+class Gate:
+    """Every DecisionService call passes here, in the handler thread, before any work:
+
+    1. credentials (``decision.auth``): UNAUTHENTICATED / PERMISSION_DENIED;
+    2. the caller's deadline: already passed -> DEADLINE_EXCEEDED, no work done;
+    3. admission: at most ``max_in_flight`` requests worked on at once, beyond that
+       RESOURCE_EXHAUSTED at once (never queued until the client gives up);
+    then package errors map to their status (never a stack trace to a client), and
+    the latency goes to the metrics and, failures always and successes sampled, the
+    access log. One plain function per method, the method -> role table precomputed:
+    no gRPC interceptor on the hot path.
+    """
+
+    def __init__(self, auth, metrics, max_in_flight: int, access_sample: float):
+        self.auth = auth
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.access_sample = access_sample
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._last_shed_log = 0.0
+        self._access = logging.getLogger(ACCESS)
+
+    def wrap(self, name: str, method):
+        """The handler for a unary-reply RPC (unary or client-streaming request)."""
+        auth, metrics, lock = self.auth, self.metrics, self._lock
+        observe = metrics.observe if metrics is not None else None
+        clock = time.perf_counter
+        sample = self.access_sample
+        log_ok = sample > 0.0
+        rnd = random.random
+
+        is_decide = name == "Decide"
+
+        def handler(request, context):
+            started = clock()
+            client = None
+            if is_decide:
+                _note.decision_id = None
+            if auth is not None:
+                client, status, message = auth.check(name, context.invocation_metadata())
+                if status is not None:
+                    self._finish(name, status, started, client, context, message)
+                    context.abort(grpc.StatusCode[status], message)
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                if metrics is not None:
+                    metrics.shed(name, "deadline")
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"{name}: the deadline passed before the server started it")
+            with lock:
+                admitted = self.in_flight < self.max_in_flight
+                if admitted:
+                    self.in_flight += 1
+            if not admitted:
+                self._shed(name, context)
+            code = "OK"
+            try:
+                return method(request, context)
+            except DecisionError as exc:
+                code, message = exc.status, str(exc)
+            except Exception:
+                incident = uuid.uuid4().hex[:12]
+                log.exception("internal error in %s (incident %s)", name, incident)
+                code, message = "INTERNAL", _INTERNAL.format(incident)
+            finally:
+                with lock:
+                    self.in_flight -= 1
+                if observe is not None:
+                    observe(name, code, clock() - started)
+                if code == "OK":
+                    if log_ok and rnd() < sample:
+                        self._log(name, code, started, client, context, "")
+            self._log(name, code, started, client, context, message)
+            context.abort(grpc.StatusCode[code], message)
+
+        handler.__name__ = name
+        return handler
+
+    def check_stream(self, name: str, context):
+        """Credentials for a server-streaming RPC (WatchTriggers: bounded on its own,
+        never counted against ``max_in_flight``, so streams cannot starve calls)."""
+        if self.auth is None:
+            return None
+        client, status, message = self.auth.check(name, context.invocation_metadata())
+        if status is not None:
+            self._finish(name, status, time.perf_counter(), client, context, message)
+            context.abort(grpc.StatusCode[status], message)
+        return client
+
+    def _shed(self, name: str, context) -> None:
+        if self.metrics is not None:
+            self.metrics.shed(name, "in_flight")
+        now = time.monotonic()
+        if now - self._last_shed_log > 1.0:  # at most one line a second under overload
+            self._last_shed_log = now
+            log.warning("overloaded: shedding requests (%d in flight, --max-in-flight %d)",
+                        self.in_flight, self.max_in_flight)
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"{name}: server overloaded, {self.max_in_flight} requests already in "
+                      "flight on this process (--max-in-flight); retry with backoff")
+
+    def _finish(self, name, code, started, client, context, message) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(name, code, time.perf_counter() - started)
+        self._log(name, code, started, client, context, message)
+
+    def _log(self, name, code, started, client, context, message) -> None:
+        fields = {"method": name, "code": code,
+                  "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                  "client": client.name if client is not None else None,
+                  "peer": context.peer()}
+        if name == "Decide":
+            fields["decision_id"] = getattr(_note, "decision_id", None)
+            _note.decision_id = None
+        if message:
+            fields["error"] = message
+        self._access.log(logging.INFO if code == "OK" else logging.WARNING,
+                         "%s %s", name, code, extra={"fields": fields})
 
 
 # ------------------------------------------------------------------ conversions
@@ -182,8 +294,10 @@ def _catalog_info(c: Catalog) -> pb.CatalogInfo:
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     """Decide answers with pre-encoded bytes (``decision.wire``); see ``add_to_server``."""
 
-    def __init__(self, engine: Engine, max_watchers: int = 4):
+    def __init__(self, engine: Engine, max_watchers: int = 4, gate: Gate | None = None):
         self.engine = engine
+        self.gate = gate or Gate(None, None, 1 << 30, 0.0)
+        self.metrics = self.gate.metrics
         self.max_watchers = max_watchers
         self.closing = threading.Event()  # set at shutdown: watchers end their streams
         self._watchers = 0
@@ -200,9 +314,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._encodings = {**kept, catalog: OfferEncodings(catalog)}
         self._listings = {}  # ListOffers answers of older catalogs go
 
-    @_rpc
     def Decide(self, request: pb.DecideRequest, context) -> bytes:
         decision = self.engine.decide(_query(request))
+        _note.decision_id = decision.decision_id
+        if self.metrics is not None:
+            offers = decision.prepared.catalog.offers
+            self.metrics.decided(request.channel, [offers[i].id for i in decision.offer_index])
         return encode_decision(decision, self._encodings_for(decision))
 
     def _encodings_for(self, decision: Decision) -> OfferEncodings:
@@ -211,7 +328,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             encodings = OfferEncodings(decision.prepared.catalog)
         return encodings
 
-    @_rpc
     def DecideBatch(self, request: pb.DecideBatchRequest, context) -> bytes:
         decisions = self.engine.decide_many([_query(r) for r in request.requests])
         parts = []
@@ -220,12 +336,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             parts += (_T_RESPONSES, varint(len(encoded)), encoded)
         return b"".join(parts)
 
-    @_rpc
     def GetProfile(self, request: pb.GetProfileRequest, context) -> pb.Profile:
         record = self.engine.get_profile(_identifier(request.customer))
         return _profile(record, self.engine.catalog.feature_names)
 
-    @_rpc
     def UpsertProfile(self, request: pb.UpsertProfileRequest, context) -> pb.Profile:
         record = self.engine.upsert_profile(ProfileUpdate(
             identifiers=tuple(_identifier(i) for i in request.identifiers),
@@ -234,7 +348,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         ))
         return _profile(record, self.engine.catalog.feature_names)
 
-    @_rpc
     def ListOffers(self, request: pb.ListOffersRequest, context) -> bytes:
         catalog, offers = self.engine.list_offers(request.channel, request.placement)
         cache = self._listings  # per catalog version: the answers do not change
@@ -248,32 +361,40 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             cache[key] = reply
         return reply
 
-    @_rpc
     def Track(self, request: pb.Event, context) -> pb.TrackResponse:
-        outcome = self.engine.track(_event(request))
+        try:
+            outcome = self.engine.track(_event(request))
+        except InvalidArgument:
+            if self.metrics is not None:
+                self.metrics.events_rejected.inc()
+            raise
+        if self.metrics is not None:
+            (self.metrics.events_duplicate if outcome.duplicate
+             else self.metrics.events_applied).inc()
         return pb.TrackResponse(profile_key=f"{outcome.profile_key:016x}",
                                 duplicate=outcome.duplicate)
 
-    @_rpc
     def TrackStream(self, request_iterator, context) -> pb.TrackSummary:
         limit = self.engine.limits.max_events_per_message
         summary = self.engine.track_many(
             _event(e) if len(batch.events) <= limit else
             TooManyInMessage(len(batch.events), limit)
             for batch in request_iterator for e in batch.events)
+        if self.metrics is not None:
+            self.metrics.events_applied.inc(summary.applied)
+            self.metrics.events_duplicate.inc(summary.duplicates)
+            self.metrics.events_rejected.inc(summary.rejected_count)
         return pb.TrackSummary(
             received=summary.received, applied=summary.applied,
             duplicates=summary.duplicates, rejected_count=summary.rejected_count,
             rejected=[pb.Rejection(index=i, event_id=eid, message=m)
                       for i, eid, m in summary.rejected])
 
-    @_rpc
     def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         record, merged = self.engine.identify(tuple(_identifier(i) for i in request.identifiers))
         return pb.IdentifyResponse(profile=_profile(record, self.engine.catalog.feature_names),
                                    merged_profile_keys=[f"{k:016x}" for k in merged])
 
-    @_rpc
     def ForgetCustomer(self, request: pb.ForgetCustomerRequest,
                        context) -> pb.ForgetCustomerResponse:
         key, identifiers, events = self.engine.forget(_identifier(request.customer))
@@ -285,9 +406,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         """Replay the trigger log from the cursor, then follow it until cancelled.
 
         Each subscriber holds one handler thread while connected, so at most half of
-        them may watch (RESOURCE_EXHAUSTED beyond: raise --threads)."""
+        them may watch (RESOURCE_EXHAUSTED beyond: raise --threads). They are not
+        counted against --max-in-flight: subscribers cannot starve other calls."""
+        self.gate.check_stream("WatchTriggers", context)
         with self._watchers_lock:
             if self._watchers >= self.max_watchers:
+                if self.metrics is not None:
+                    self.metrics.shed("WatchTriggers", "watchers")
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"WatchTriggers: {self._watchers} subscribers already on this "
                               f"server process, at most {self.max_watchers} (half of "
@@ -300,8 +425,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("internal error in WatchTriggers (incident %s)", incident)
-            context.abort(grpc.StatusCode.INTERNAL,
-                          f"internal error (incident {incident}; details in the server log)")
+            context.abort(grpc.StatusCode.INTERNAL, _INTERNAL.format(incident))
         finally:
             with self._watchers_lock:
                 self._watchers -= 1
@@ -318,7 +442,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             if not batch:  # woken by a commit here; another process's is seen by polling
                 store.wait_for_commit(TRIGGER_POLL_S)
 
-    @_rpc
     def RunCampaign(self, request: pb.CampaignRequest, context) -> pb.CampaignSummary:
         if not _CAMPAIGN_NAME.match(request.name):
             raise InvalidArgument("name: the file's name, 1-64 letters, digits, '_', '-' or "
@@ -337,7 +460,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             skipped=s.skipped, seconds=s.seconds, catalog_version=s.catalog_version,
             decided_at_ms=s.decided_at_ms, campaign_id=s.campaign_id)
 
-    @_rpc
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
         return _catalog_info(self.engine.reload_catalog())
 
@@ -353,8 +475,11 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
         make = (grpc.stream_unary_rpc_method_handler if method.client_streaming
                 else grpc.unary_stream_rpc_method_handler if method.server_streaming
                 else grpc.unary_unary_rpc_method_handler)
+        function = getattr(servicer, method.name)
+        if not method.server_streaming:
+            function = servicer.gate.wrap(method.name, function)
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            function,
             request_deserializer=request_cls.FromString,
             response_serializer=(bytes if method.name in PRE_ENCODED
                                  else reply_cls.SerializeToString),
@@ -364,12 +489,31 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
+HEADROOM_RPCS = 8  # threads beyond the request and watcher bounds: health, reflection, sheds
+
+
+def max_watchers(settings: Settings) -> int:
+    """WatchTriggers subscribers per process (each holds a thread while connected)."""
+    return max(1, settings.threads // 2)
+
+
 def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
-    """A grpc.Server with the project's transport settings (shared with the floor)."""
+    """A grpc.Server with the project's transport settings (shared with the floor).
+
+    Nothing waits in the thread pool's queue: it has a thread for every call gRPC
+    admits (``maximum_concurrent_rpcs``, beyond which gRPC itself answers
+    RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded", not counted in the metrics),
+    that is ``max_in_flight`` requests, the trigger subscribers and as many threads
+    again (at least 8) of headroom for health checks and for answering the calls
+    ``Gate`` sheds, with its message and its metric. So an overloaded process answers
+    at once, and a request that is admitted starts at once.
+    """
     size = settings.limits.max_message_bytes
+    ceiling = (settings.max_in_flight + max_watchers(settings)
+               + max(HEADROOM_RPCS, settings.max_in_flight))
     return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.threads,
-                                   thread_name_prefix="decision-rpc"),
+        futures.ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="decision-rpc"),
+        maximum_concurrent_rpcs=ceiling,
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", size),
@@ -394,6 +538,8 @@ class Running:
     servicer: DecisionServicer
     follower: threading.Thread | None = None
     scheduler: threading.Thread | None = None
+    metrics: Metrics | None = None
+    metrics_port: int | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (draining requests in flight for ``grace`` seconds) and close
@@ -402,6 +548,8 @@ class Running:
         self.servicer.closing.set()  # trigger streams end now instead of at the grace
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         for thread in (self.follower, self.scheduler):
             if thread is not None:
                 thread.join()
@@ -440,10 +588,15 @@ def create_server(settings: Settings, engine: Engine | None = None,
 
     The health service answers NOT_SERVING until ``start`` has run.
     """
+    auth = Authenticator.load(settings.credentials) if settings.credentials else None
+    credentials = _server_credentials(settings)
     engine = engine or Engine(settings)
     engine.warm()
     server = grpc_server(settings, reuse_port)
-    servicer = DecisionServicer(engine, max_watchers=max(1, settings.threads // 2))
+    gate = Gate(auth, None, settings.max_in_flight, settings.access_log_sample)
+    if settings.metrics_address is not None:
+        gate.metrics = Metrics(engine, lambda: gate.in_flight)
+    servicer = DecisionServicer(engine, max_watchers=max_watchers(settings), gate=gate)
     add_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -451,13 +604,38 @@ def create_server(settings: Settings, engine: Engine | None = None,
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.address)
+    if credentials is None:
+        port = server.add_insecure_port(settings.address)
+    else:
+        port = server.add_secure_port(settings.address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address} (address in use?)")
-    return Running(server, port, engine, health_servicer, threading.Event(), servicer)
+    return Running(server, port, engine, health_servicer, threading.Event(), servicer,
+                   metrics=gate.metrics)
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the PEM files (mutual TLS with a client CA), or None: plaintext."""
+    if settings.tls_cert is None:
+        return None
+
+    def read(flag: str, path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path}: {exc.strerror}") from None
+
+    key, cert = read("--tls-key", settings.tls_key), read("--tls-cert", settings.tls_cert)
+    ca = read("--tls-client-ca", settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=ca is not None)
 
 
 def start(running: Running) -> None:
+    """Start serving (and the Prometheus endpoint if configured); health turns
+    SERVING last, once the kernels are warm and the catalog loaded."""
+    if running.metrics is not None:
+        running.metrics_port = running.metrics.serve(running.engine.settings.metrics_address)
     running.server.start()
     running.follower = threading.Thread(target=_follow_catalog, args=(running,),
                                         name="decision-catalog", daemon=True)
@@ -476,9 +654,18 @@ def serve(settings: Settings, reuse_port: bool = False, ready=None) -> None:
     start(running)
     host = settings.address.rpartition(":")[0]
     catalog = running.engine.catalog
+    security = ("mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert
+                else "plaintext") + (", tokens" if settings.credentials else
+                                     ", no credentials")
     print(f"decision: serving on {host}:{running.port} (pid {os.getpid()}, catalog "
           f"{catalog.version}, {len(catalog.offers)} offers, {running.engine.store.count()} "
-          f"profiles in {settings.data_dir})", flush=True)
+          f"profiles in {settings.data_dir}; {security})", flush=True)
+    if running.metrics_port is not None:
+        print(f"decision: metrics on http://{settings.metrics_address.rpartition(':')[0]}:"
+              f"{running.metrics_port}/metrics", flush=True)
+    if settings.credentials and not settings.tls_cert and not is_loopback(host):
+        log.warning("tokens are sent in clear text: serve TLS (--tls-cert, --tls-key) on "
+                    "a non-loopback address")
     stopping = threading.Event()
 
     def on_stop(signum, frame):
@@ -505,8 +692,11 @@ def _reload(engine: Engine) -> None:
         log.error("catalog reload failed, the previous catalog keeps serving: %s", exc)
 
 
-def _worker(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def _worker(settings: Settings, slot: int) -> None:
+    configure_logs(settings.log_format)
+    if settings.metrics_address is not None:  # worker i: metrics port + i
+        host, _, port = settings.metrics_address.rpartition(":")
+        settings = dataclasses.replace(settings, metrics_address=f"{host}:{int(port) + slot}")
     serve(settings, reuse_port=True)
 
 
@@ -539,7 +729,7 @@ def serve_workers(settings: Settings) -> None:
     stopping = threading.Event()
 
     def spawn(slot: int) -> None:
-        p = ctx.Process(target=_worker, args=(settings,), name=f"decision-worker-{slot}")
+        p = ctx.Process(target=_worker, args=(settings, slot), name=f"decision-worker-{slot}")
         p.start()
         procs[slot], started[slot] = p, time.monotonic()
 
