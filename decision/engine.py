@@ -32,7 +32,9 @@ import numpy as np
 
 from decision import layout
 from decision.catalog import Catalog, Offer, load_catalog
-from decision.errors import DecisionError, FailedPrecondition, InvalidArgument, NotFound
+from decision.errors import (
+    CorruptProfile, DecisionError, FailedPrecondition, InvalidArgument, NotFound,
+)
 from decision.ingest import (
     Event, GroupCommitter, Outcome, TooManyInMessage, ValidEvent, validate,
 )
@@ -470,7 +472,10 @@ class Engine:
 
         def work(txn):
             key = store.resolve_in(txn, kind, value)
-            record = None if key is None else store.load(txn, key)
+            try:
+                record = None if key is None else store.load(txn, key)
+            except CorruptProfile:  # undecodable: erase by key, it must not block erasure
+                return key, *store.delete_undecodable_profile(txn, key)
             if record is None:
                 raise NotFound(f"customer: no profile for {kind} {value!r}")
             removed = store.delete_profile(txn, record)

@@ -117,6 +117,31 @@ def decode_tail(buf, n_features: int, key: int) -> dict:
     return tail
 
 
+_INT64 = range(-(1 << 63), 1 << 63)
+_UINT64 = range(0, 1 << 64)
+
+
+def _check_values(tail: dict, key: int) -> None:
+    """Every value of the documented type, so a record read here can be used and
+    returned as it is (a value another writer put there is CorruptProfile, not a
+    failure further on)."""
+    def bad(what: str):
+        raise CorruptProfile(f"profile {key:016x}: {what}")
+
+    for name, v in tail["a"].items():
+        if not isinstance(name, str) or not isinstance(v, (str, float, int, bool)):
+            bad(f"attribute {name!r} is a {type(v).__name__}, not a string, number or bool")
+    for name, v in tail["c"].items():
+        if not isinstance(name, str) or not isinstance(v, (float, int)):
+            bad(f"counter {name!r} is a {type(v).__name__}, not a number")
+    if not all(isinstance(s, str) for s in tail["s"]):
+        bad("segment names are not strings")
+    if not all(isinstance(k, int) and k in _UINT64 for k in tail["m"]):
+        bad("merged profile keys are not profile keys")
+    if tail["t"] not in _INT64:
+        bad(f"created_at_ms {tail['t']} is out of range")
+
+
 def decode(buf, key: int) -> ProfileRecord:
     """A full, copied ProfileRecord from a stored value."""
     n_features = check_head(buf, key)
@@ -125,14 +150,15 @@ def decode(buf, key: int) -> ProfileRecord:
     if not all(isinstance(i, list) and len(i) == 2 and all(isinstance(p, str) for p in i)
                for i in identifiers):
         raise CorruptProfile(f"profile {key:016x}: identifiers are not [kind, value] pairs")
+    _check_values(tail, key)
     return ProfileRecord(
         key=key,
         features=feature_view(buf, n_features).astype(np.float32),
         attributes=tail["a"],
         counters=tail["c"],
         identifiers=[(k, v) for k, v in identifiers],
-        segments=[str(name) for name in tail["s"]],
-        merged_keys=[int(k) for k in tail["m"]],
+        segments=list(tail["s"]),
+        merged_keys=list(tail["m"]),
         created_at_ms=tail["t"],
         updated_at_ms=HEAD.unpack_from(buf)[5],
     )

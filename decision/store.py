@@ -53,6 +53,16 @@ def identity_key(kind: str, value: str) -> bytes:
     return f"{kind}{_SEP}{value}".encode()
 
 
+def _owner(value, position: int):
+    """The profile key at ``position`` of a msgpack list value; None for a value that
+    is not one (written by something else: it names no profile of ours)."""
+    try:
+        item = msgpack.unpackb(value)[position]
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
+        return None
+    return item if isinstance(item, int) else None
+
+
 class _MapGate:
     """Many transactions at once, or one map resize alone (py-lmdb requires no open
     transaction in the process while ``set_mapsize`` runs)."""
@@ -272,6 +282,17 @@ class ProfileStore:
                 removed += 1
         return removed
 
+    def delete_undecodable_profile(self, txn: lmdb.Transaction, key: int) -> tuple[int, int]:
+        """Erase a profile whose value cannot be decoded (so its identifiers and merged
+        keys are unknown): the value, every identifier pointing at it (a scan) and its
+        event and trigger records. Returns (identifiers removed, event records removed)."""
+        txn.delete(profile_key_bytes(key), db=self.profiles_db)
+        target = profile_key_bytes(key)
+        doomed = [k for k, v in txn.cursor(db=self.identity_db) if v == target]
+        for k in doomed:
+            txn.delete(k, db=self.identity_db)
+        return len(doomed), self.delete_event_records(txn, {key})
+
     def delete_event_records(self, txn: lmdb.Transaction, keys: set[int]) -> int:
         """Delete the applied-event and trigger records of the profile ``keys``; return
         how many event records went (scans: erasure is rare, and neither log is indexed
@@ -284,7 +305,7 @@ class ProfileStore:
     def _delete_where(txn: lmdb.Transaction, db, position: int, keys: set[int]) -> int:
         """Delete the entries of ``db`` whose msgpack list holds one of ``keys`` at
         ``position``."""
-        doomed = [k for k, v in txn.cursor(db=db) if msgpack.unpackb(v)[position] in keys]
+        doomed = [k for k, v in txn.cursor(db=db) if _owner(v, position) in keys]
         for k in doomed:
             txn.delete(k, db=db)
         return len(doomed)

@@ -393,21 +393,17 @@ FOREIGN = GARBAGE + [
     _head() + b"\xc1",  # msgpack's never-used byte
     _head() + _tail(a={"tier": {"nested": 1}}),
     _head() + _tail(a={"tier": [1, 2]}),
-    _head() + _tail(a={"tier": 2 ** 64 - 1}),
     _head() + _tail(a={"tier": None}),
     _head() + _tail(a={7: "x"}),
     _head() + _tail(c={"purchases": "many"}),
-    _head() + _tail(c={"purchases": 2 ** 64 - 1}),
     _head() + _tail(c={1: 1}),
     _head() + _tail(i=[["customer_id", 5]]),
     _head() + _tail(i=[["customer_id"]]),
     _head() + _tail(s=[1, None]),
     _head() + _tail(m=["x"]),
     _head() + _tail(m=[-1]),
-    _head() + _tail(t=2 ** 64 - 1),
-    _head() + _tail(t=-1),
+    _head() + _tail(t=2 ** 64 - 1),  # out of int64
     _head() + _tail(a={"tier": b"bytes"}),
-    _head() + _tail(a={"tier": float("nan")}),
 ]
 
 
@@ -461,7 +457,9 @@ def test_foreign_bytes_in_the_store_are_data_loss_for_that_customer_only(tmp_pat
                             (n, value, name, exc.code(), exc.details())
                         assert f"{keys[n]:016x}" in exc.details(), exc.details()
                         continue
-                    # only a stream answers: the bad event is rejected, the other applied
+                    if name == "Decide":  # reads only the attributes its rules use, and
+                        continue  # a value of the wrong type there is a missing value
+                    # a stream answers: the bad event is rejected, the other applied
                     assert name == "TrackStream", (n, value, name, reply)
                     assert (reply.applied, reply.rejected_count) == (1, 1), reply
                     assert f"{keys[n]:016x}" in reply.rejected[0].message
@@ -481,7 +479,21 @@ def test_foreign_bytes_in_the_store_are_data_loss_for_that_customer_only(tmp_pat
                     context={"country": text("FR")})).offers[0].offer_id == "gold-upgrade"
             after = stub.GetProfile(pb.GetProfileRequest(customer=ident("fine")))
             assert after.counters["purchases"] == len(FOREIGN)
-            assert after.attributes == fine.attributes
+            assert after.attributes["tier"] == fine.attributes["tier"]
+            assert after.attributes["country"] == fine.attributes["country"]
+            # foreign values in the event-id and trigger logs name no customer: erasure
+            # of another customer still scans past them
+            env = lmdb.open(str(store), max_dbs=16, map_size=0)
+            events, triggers = (env.open_db(name, create=False)
+                                for name in (b"events", b"triggers"))
+            with env.begin(write=True) as txn:
+                txn.put(b"foreign-event", b"\xc1junk", db=events)
+                txn.put(b"foreign-event2", msgpack.packb(["x"]), db=events)
+                txn.put(profile_key_bytes(1 << 60), msgpack.packb({"not": "a list"}),
+                        db=triggers)
+            env.close()
+            forgot = stub.ForgetCustomer(pb.ForgetCustomerRequest(customer=ident("fine")))
+            assert forgot.events_removed == len(FOREIGN)
         assert server.proc.poll() is None
     finally:
         output = server.stop()
