@@ -22,6 +22,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,7 +30,7 @@ from decision.catalog import Catalog, Offer
 from decision.engine import (
     DecideQuery, Decision, Engine, Identifier, ProfileUpdate,
 )
-from decision.errors import DecisionError
+from decision.errors import DecisionError, InvalidArgument
 from decision.ingest import Event, TooManyInMessage
 from decision.layout import ProfileRecord
 from decision.settings import Settings
@@ -42,15 +43,64 @@ log = logging.getLogger("decision.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 
 
+MAX_DETAILS_BYTES = 1500  # of a status message: it travels percent-encoded in a trailer
+
+
+def _details(message: str) -> str:
+    """``message`` cut to fit gRPC's trailer limit (8 KiB by default): a message that
+    echoes a huge or non-ASCII request value would otherwise be dropped by the client,
+    which then sees RESOURCE_EXHAUSTED instead of the real status."""
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return message
+    return (f"{raw[:MAX_DETAILS_BYTES].decode(errors='ignore')}... (message cut, "
+            f"{len(raw)} bytes)")
+
+
+class _Undecodable:
+    """Stands for a request message that did not parse (see ``_parser``)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _parser(message_cls):
+    """``message_cls.FromString``, except that bytes which are not a valid message give
+    an ``_Undecodable``: the handler answers INVALID_ARGUMENT (grpcio itself would
+    answer INTERNAL and log a stack trace for each such request)."""
+    parse = message_cls.FromString
+    name = message_cls.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Undecodable(f"request: not a valid {name} message ({exc})")
+
+    return deserialize
+
+
+def _decoded(messages):
+    """The messages of a client stream; an undecodable one ends it: INVALID_ARGUMENT."""
+    for n, message in enumerate(messages):
+        if message.__class__ is _Undecodable:
+            raise InvalidArgument(f"stream message {n}: {message.message}")
+        yield message
+
+
 def _rpc(method):
     """Map package errors to their status; never send a stack trace to a client."""
 
     @functools.wraps(method)
     def handler(self, request, context):
+        if request.__class__ is _Undecodable:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(request.message))
         try:
             return method(self, request, context)
         except DecisionError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            context.abort(grpc.StatusCode[exc.status], _details(str(exc)))
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("internal error in %s (incident %s)", method.__name__, incident)
@@ -194,11 +244,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         summary = self.engine.track_many(
             _event(e) if len(batch.events) <= limit else
             TooManyInMessage(len(batch.events), limit)
-            for batch in request_iterator for e in batch.events)
+            for batch in _decoded(request_iterator) for e in batch.events)
         return pb.TrackSummary(
             received=summary.received, applied=summary.applied,
             duplicates=summary.duplicates, rejected_count=summary.rejected_count,
-            rejected=[pb.Rejection(index=i, event_id=eid, message=m)
+            rejected=[pb.Rejection(index=i, event_id=eid, message=_details(m))
                       for i, eid, m in summary.rejected])
 
     @_rpc
@@ -220,6 +270,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
         Each subscriber holds one handler thread while connected, so at most half of
         them may watch (RESOURCE_EXHAUSTED beyond: raise --threads)."""
+        if request.__class__ is _Undecodable:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(request.message))
         with self._watchers_lock:
             if self._watchers >= self.max_watchers:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -230,7 +282,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         try:
             yield from self._follow_triggers(request, context)
         except DecisionError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            context.abort(grpc.StatusCode[exc.status], _details(str(exc)))
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("internal error in WatchTriggers (incident %s)", incident)
@@ -274,7 +326,7 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
                 else grpc.unary_unary_rpc_method_handler)
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=request_cls.FromString,
+            request_deserializer=_parser(request_cls),
             response_serializer=bytes if method.name == "Decide" else reply_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers(
