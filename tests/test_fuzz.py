@@ -446,10 +446,23 @@ def test_fuzz_catalog_rules(tmp_path_factory, rule, where):
 
 
 @pytest.mark.parametrize("source", [
-    "a = " + "[" * 5000 + "]" * 5000,
+    # found by the fuzzing above, each once a raw Python exception:
+    "a = " + "[" * 5000 + "]" * 5000,  # RecursionError in tomllib
     "a = " + "{b = " * 3000 + "1" + "}" * 3000,
     "\ufeffversion = 1",
     "version = \"\x7f\"",
 ])
 def test_deeply_nested_or_odd_toml_is_a_catalog_error(tmp_path, source):
     check_loader(tmp_path, source)
+
+
+@pytest.mark.parametrize("old, new", [
+    ('event = "add_to_cart"', "event = []"),  # TypeError: unhashable type: 'list'
+])
+def test_catalog_parts_of_the_wrong_type_are_catalog_errors(tmp_path, old, new):
+    source = TEST_CATALOG.read_text()
+    assert old in source
+    path = tmp_path / "c.toml"
+    path.write_text(source.replace(old, new))
+    with pytest.raises(CatalogError):
+        load_catalog(path)
