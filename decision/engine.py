@@ -43,7 +43,7 @@ from decision.segments import refresh as refresh_segments
 from decision.segments import slot_value
 from decision.triggers import record_changes
 from decision.settings import Limits, Settings
-from decision.store import ProfileStore, profile_key_bytes
+from decision.store import ProfileStore, identity_key, profile_key_bytes
 from kernels.decide import decide_offers
 
 N_FEATURE_REASONS = 3
@@ -471,7 +471,11 @@ class Engine:
         store = self.store
 
         def work(txn):
-            key = store.resolve_in(txn, kind, value)
+            try:
+                key = store.resolve_in(txn, kind, value)
+            except CorruptProfile:  # a damaged link: erase it, it names no profile
+                txn.delete(identity_key(kind, value), db=store.identity_db)
+                return 0, 1, 0
             try:
                 record = None if key is None else store.load(txn, key)
             except CorruptProfile:  # undecodable: erase by key, it must not block erasure

@@ -37,7 +37,7 @@ from typing import Callable, TypeVar
 import lmdb
 import msgpack
 
-from decision.errors import StoreError
+from decision.errors import CorruptProfile, StoreError
 from decision.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
 
 T = TypeVar("T")
@@ -249,7 +249,7 @@ class ProfileStore:
     def published_catalog(self) -> str | None:
         with self.reader() as r:
             raw = r.meta(b"catalog_version")
-        return None if raw is None else raw.decode()
+        return None if raw is None else raw.decode("utf-8", "replace")
 
     # ------------------------------------------------------------- profiles
     def allocate_key(self, txn: lmdb.Transaction) -> int:
@@ -276,8 +276,9 @@ class ProfileStore:
         identifiers were removed (ones re-pointed to another profile are kept)."""
         txn.delete(profile_key_bytes(record.key), db=self.profiles_db)
         removed = 0
+        mine = profile_key_bytes(record.key)
         for kind, value in record.identifiers:
-            if self.resolve_in(txn, kind, value) == record.key:
+            if txn.get(identity_key(kind, value), db=self.identity_db) == mine:
                 txn.delete(identity_key(kind, value), db=self.identity_db)
                 removed += 1
         return removed
@@ -344,7 +345,12 @@ class ProfileStore:
 
     def resolve_in(self, txn: lmdb.Transaction, kind: str, value: str) -> int | None:
         raw = txn.get(identity_key(kind, value), db=self.identity_db)
-        return None if raw is None else int.from_bytes(raw, "big")
+        if raw is None:
+            return None
+        if len(raw) != KEY_BYTES:  # not written by us: CorruptProfile (DATA_LOSS)
+            raise CorruptProfile(f"identifier {kind} {value!r}: its stored link ({len(raw)} "
+                                 "bytes) is not a profile key")
+        return int.from_bytes(raw, "big")
 
     def get(self, key: int) -> ProfileRecord | None:
         with self.reader() as r:

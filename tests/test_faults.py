@@ -494,7 +494,38 @@ def test_foreign_bytes_in_the_store_are_data_loss_for_that_customer_only(tmp_pat
             env.close()
             forgot = stub.ForgetCustomer(pb.ForgetCustomerRequest(customer=ident("fine")))
             assert forgot.events_removed == len(FOREIGN)
+
+            # identifier links that are not 8-byte profile keys, and a catalog version
+            # that is not UTF-8, written by another program
+            links = [b"", b"abc", b"\x01" * 20]
+            env = lmdb.open(str(store), max_dbs=16, map_size=0)
+            identity, meta = (env.open_db(name, create=False)
+                              for name in (b"identity", b"meta"))
+            with env.begin(write=True) as txn:
+                for n, link in enumerate(links):
+                    txn.put(identity_key("customer_id", f"link{n}"), link, db=identity)
+                txn.put(b"catalog_version", b"\xff\xfe", db=meta)
+            env.close()
+            for n in range(len(links)):
+                who = ident(f"link{n}")
+                for call in (
+                        lambda: stub.Decide(pb.DecideRequest(customer=who, channel="web")),
+                        lambda: stub.GetProfile(pb.GetProfileRequest(customer=who)),
+                        lambda: stub.Track(purchase(who.value, "x")),
+                        lambda: stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[who])),
+                        lambda: stub.Identify(pb.IdentifyRequest(
+                            identifiers=[who, ident(f"k{n}", "cookie")]))):
+                    with pytest.raises(grpc.RpcError) as err:
+                        call()
+                    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+                    assert f"identifier customer_id 'link{n}'" in err.value.details()
+                stub.ForgetCustomer(pb.ForgetCustomerRequest(customer=who))  # the link goes
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.GetProfile(pb.GetProfileRequest(customer=who))
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            time.sleep(1.5)  # the catalog follower has looked at the version at least once
+            assert stub.Decide(pb.DecideRequest(customer=ident("x"), channel="web")).offers
         assert server.proc.poll() is None
     finally:
         output = server.stop()
-    assert "internal error" not in output, output
+    assert "internal error" not in output and "Traceback" not in output, output
