@@ -119,27 +119,31 @@ def decode_tail(buf, n_features: int, key: int) -> dict:
 
 _INT64 = range(-(1 << 63), 1 << 63)
 _UINT64 = range(0, 1 << 64)
+_SCALARS = frozenset((str, float, int, bool))
+_NUMBERS = frozenset((float, int))
 
 
 def _check_values(tail: dict, key: int) -> None:
     """Every value of the documented type, so a record read here can be used and
     returned as it is (a value another writer put there is CorruptProfile, not a
     failure further on)."""
-    def bad(what: str):
-        raise CorruptProfile(f"profile {key:016x}: {what}")
-
+    what = None
     for name, v in tail["a"].items():
-        if not isinstance(name, str) or not isinstance(v, (str, float, int, bool)):
-            bad(f"attribute {name!r} is a {type(v).__name__}, not a string, number or bool")
+        if type(name) is not str or type(v) not in _SCALARS:
+            what = f"attribute {name!r} is a {type(v).__name__}, not a string, number or bool"
     for name, v in tail["c"].items():
-        if not isinstance(name, str) or not isinstance(v, (float, int)):
-            bad(f"counter {name!r} is a {type(v).__name__}, not a number")
-    if not all(isinstance(s, str) for s in tail["s"]):
-        bad("segment names are not strings")
-    if not all(isinstance(k, int) and k in _UINT64 for k in tail["m"]):
-        bad("merged profile keys are not profile keys")
+        if type(name) is not str or type(v) not in _NUMBERS:
+            what = f"counter {name!r} is a {type(v).__name__}, not a number"
+    for name in tail["s"]:
+        if type(name) is not str:
+            what = "segment names are not strings"
+    for k in tail["m"]:
+        if type(k) is not int or k not in _UINT64:
+            what = "merged profile keys are not profile keys"
     if tail["t"] not in _INT64:
-        bad(f"created_at_ms {tail['t']} is out of range")
+        what = f"created_at_ms {tail['t']} is out of range"
+    if what is not None:
+        raise CorruptProfile(f"profile {key:016x}: {what}")
 
 
 def decode(buf, key: int) -> ProfileRecord:
