@@ -193,6 +193,44 @@ def test_backup_while_ingesting_restores_every_acknowledged_event(tmp_path):
           f"restored; {during} acknowledged while it ran")
 
 
+def test_backups_taken_while_the_map_grows_are_each_one_snapshot(tmp_path):
+    """A 1 MiB map that doubles several times while backups run one after another:
+    each backup opens (adopting the grown map where needed) and holds one commit's
+    state: every profile's counter equals its event records in that copy."""
+    store = tmp_path / "store"
+    server = ServerProcess(store, TEST_CATALOG, free_port(), "--map-size", "1")
+    try:
+        server.wait_ready()
+        clients = start_clients(server.address, ["stream"] * 3)
+        copies = []
+        for n in range(6):
+            time.sleep(0.3)
+            copy = tmp_path / f"backup-{n}"
+            out = cli("backup", "--data-dir", str(store), str(copy))
+            assert out.returncode == 0, out.stderr
+            copies.append(copy)
+        stop_clients(clients)
+    finally:
+        server.stop()
+    assert (store / "data.mdb").stat().st_size > 4 << 20  # the map grew
+    sizes = []
+    for copy in copies:
+        per_profile = events_per_profile(copy)
+        env = lmdb.open(str(copy), readonly=True, lock=False, max_dbs=16, map_size=0)
+        try:
+            from decision.layout import decode
+
+            profiles = env.open_db(b"profiles", create=False)
+            with env.begin() as txn:
+                counters = {int.from_bytes(k, "big"): decode(v, 0).counters.get("purchases", 0)
+                            for k, v in txn.cursor(db=profiles)}
+        finally:
+            env.close()
+        assert counters == dict(per_profile)
+        sizes.append(sum(per_profile.values()))
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0] > 0  # taken while ingesting
+
+
 def test_backup_and_restore_refuse_what_they_cannot_do(tmp_path, running):
     live = running.engine.store.path
     assert cli("backup", "--data-dir", str(tmp_path / "nothing"), str(tmp_path / "b")
