@@ -228,7 +228,7 @@ def test_backups_taken_while_the_map_grows_are_each_one_snapshot(tmp_path):
             env.close()
         assert counters == dict(per_profile)
         sizes.append(sum(per_profile.values()))
-    assert sizes == sorted(sizes) and sizes[-1] > sizes[0] > 0  # taken while ingesting
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]  # taken while ingesting
 
 
 def test_backup_and_restore_refuse_what_they_cannot_do(tmp_path, running):
