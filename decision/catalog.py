@@ -167,6 +167,9 @@ def load_catalog(path: str | Path) -> Catalog:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per level of nested arrays / inline tables
+        raise CatalogError(f"{path}: not valid TOML: arrays or inline tables nested too "
+                           "deeply") from None
     try:
         return _compile(doc, path, hashlib.sha256(raw).hexdigest())
     except CatalogError as exc:

@@ -1,4 +1,4 @@
-"""The ``decision`` command: serve, demo, ask, floor, loadtest.
+"""The ``decision`` command: serve, demo, ask, campaign, loadtest, floor, backup, restore.
 
     decision serve --data-dir DIR --catalog FILE [--address H:P] [--workers N] [--threads T]
     decision demo  [--data-dir ./demo-data] [--customers 100000] [--offers 500] [--once]
@@ -6,6 +6,8 @@
     decision campaign --data-dir DIR --catalog FILE --segment S --channel C --out FILE
     decision loadtest [--address H:P] (--rate R | --concurrency C) [--mix decide=90,track=10]
                       [--floor] [--json FILE] [--plots DIR]
+    decision backup --data-dir DIR OUT
+    decision restore BACKUP --data-dir DIR [--force]
 """
 
 from __future__ import annotations
@@ -308,6 +310,25 @@ def cmd_loadtest(args) -> int:
     return run(args, _parse_context)
 
 
+def cmd_backup(args) -> int:
+    from decision.backup import backup
+
+    started = time.perf_counter()
+    summary = backup(args.data_dir, args.out)
+    print(f"decision: backed up {args.data_dir} to {summary.path} in "
+          f"{time.perf_counter() - started:.2f} s: {summary.line()}", flush=True)
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from decision.backup import restore
+
+    summary = restore(args.backup, args.data_dir, force=args.force)
+    print(f"decision: restored {args.backup} into {args.data_dir}: {summary.line()}",
+          flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decision", description="Real-time next-best-offer server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -382,6 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
         "the empty-handler floor")
     add_arguments(loadtest)
     loadtest.set_defaults(run=cmd_loadtest)
+    backup = sub.add_parser("backup", help="copy the profile store while servers keep "
+                            "serving: one consistent snapshot, compacted")
+    backup.add_argument("--data-dir", required=True, help="the LMDB profile store")
+    backup.add_argument("out", help="a new directory for the copy (must not exist)")
+    backup.set_defaults(run=cmd_backup)
+
+    restore = sub.add_parser("restore", help="put a backup in place as a data directory's "
+                             "store (no server may have it open)")
+    restore.add_argument("backup", help="a directory written by 'decision backup'")
+    restore.add_argument("--data-dir", required=True, help="where to restore the store")
+    restore.add_argument("--force", action="store_true",
+                         help="replace a store that is already there (it is lost)")
+    restore.set_defaults(run=cmd_restore)
     return parser
 
 

@@ -34,7 +34,9 @@ import numpy as np
 
 from decision import layout
 from decision.catalog import Catalog, Offer, load_catalog
-from decision.errors import DecisionError, FailedPrecondition, InvalidArgument, NotFound
+from decision.errors import (
+    CorruptProfile, DecisionError, FailedPrecondition, InvalidArgument, NotFound,
+)
 from decision.ingest import (
     Event, GroupCommitter, Outcome, TooManyInMessage, ValidEvent, validate,
 )
@@ -45,7 +47,7 @@ from decision.rules import string_id
 from decision.segments import slot_value
 from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
-from decision.store import ProfileStore, profile_key_bytes
+from decision.store import ProfileStore, identity_key, profile_key_bytes
 from kernels.decide import decide_offers
 from kernels.eligibility import eligible_mask
 
@@ -573,8 +575,15 @@ class Engine:
         store = self.store
 
         def work(txn):
-            key = store.resolve_in(txn, kind, value)
-            record = None if key is None else store.load(txn, key)
+            try:
+                key = store.resolve_in(txn, kind, value)
+            except CorruptProfile:  # a damaged link: erase it, it names no profile
+                txn.delete(identity_key(kind, value), db=store.identity_db)
+                return 0, 1, 0
+            try:
+                record = None if key is None else store.load(txn, key)
+            except CorruptProfile:  # undecodable: erase by key, it must not block erasure
+                return key, *store.delete_undecodable_profile(txn, key)
             if record is None:
                 raise NotFound(f"customer: no profile for {kind} {value!r}")
             removed = store.delete_profile(txn, record)

@@ -171,6 +171,35 @@ def decode_tail(buf, n_features: int, key: int, tail_at: int | None = None) -> d
     return tail
 
 
+_INT64 = range(-(1 << 63), 1 << 63)
+_UINT64 = range(0, 1 << 64)
+_SCALARS = frozenset((str, float, int, bool))
+_NUMBERS = frozenset((float, int))
+
+
+def _check_values(tail: dict, key: int) -> None:
+    """Every value of the documented type, so a record read here can be used and
+    returned as it is (a value another writer put there is CorruptProfile, not a
+    failure further on)."""
+    what = None
+    for name, v in tail["a"].items():
+        if type(name) is not str or type(v) not in _SCALARS:
+            what = f"attribute {name!r} is a {type(v).__name__}, not a string, number or bool"
+    for name, v in tail["c"].items():
+        if type(name) is not str or type(v) not in _NUMBERS:
+            what = f"counter {name!r} is a {type(v).__name__}, not a number"
+    for name in tail["s"]:
+        if type(name) is not str:
+            what = "segment names are not strings"
+    for k in tail["m"]:
+        if type(k) is not int or k not in _UINT64:
+            what = "merged profile keys are not profile keys"
+    if tail["t"] not in _INT64:
+        what = f"created_at_ms {tail['t']} is out of range"
+    if what is not None:
+        raise CorruptProfile(f"profile {key:016x}: {what}")
+
+
 def decode(buf, key: int) -> ProfileRecord:
     """A full, copied ProfileRecord from a stored value."""
     n_features = check_head(buf, key)
@@ -179,14 +208,15 @@ def decode(buf, key: int) -> ProfileRecord:
     if not all(isinstance(i, list) and len(i) == 2 and all(isinstance(p, str) for p in i)
                for i in identifiers):
         raise CorruptProfile(f"profile {key:016x}: identifiers are not [kind, value] pairs")
+    _check_values(tail, key)
     return ProfileRecord(
         key=key,
         features=feature_view(buf, n_features).astype(np.float32),
         attributes=tail["a"],
         counters=tail["c"],
         identifiers=[(k, v) for k, v in identifiers],
-        segments=[str(name) for name in tail["s"]],
-        merged_keys=[int(k) for k in tail["m"]],
+        segments=list(tail["s"]),
+        merged_keys=list(tail["m"]),
         created_at_ms=tail["t"],
         updated_at_ms=HEAD.unpack_from(buf)[5],
         contacts=contacts_view(buf, n_features).copy(),

@@ -24,6 +24,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -55,6 +56,53 @@ _T_RESPONSES = field_tag(pb.DecideBatchResponse.DESCRIPTOR.fields_by_name["respo
 
 _INTERNAL = "internal error (incident {}; details in the server log)"
 _note = threading.local()  # what a handler tells the access log (Decide: decision_id)
+
+MAX_DETAILS_BYTES = 1500  # of a status message: it travels percent-encoded in a trailer
+
+
+def _details(message: str) -> str:
+    """``message`` cut to fit gRPC's trailer limit (8 KiB by default): a message that
+    echoes a huge or non-ASCII request value would otherwise be dropped by the client,
+    which then sees RESOURCE_EXHAUSTED instead of the real status."""
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return message
+    return (f"{raw[:MAX_DETAILS_BYTES].decode(errors='ignore')}... (message cut, "
+            f"{len(raw)} bytes)")
+
+
+class _Undecodable:
+    """Stands for a request message that did not parse (see ``_parser``)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _parser(message_cls):
+    """``message_cls.FromString``, except that bytes which are not a valid message give
+    an ``_Undecodable``: the handler answers INVALID_ARGUMENT (grpcio itself would
+    answer INTERNAL and log a stack trace for each such request)."""
+    parse = message_cls.FromString
+    name = message_cls.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Undecodable(f"request: not a valid {name} message ({exc})")
+
+    return deserialize
+
+
+def _decoded(messages):
+    """The messages of a client stream; an undecodable one ends it: INVALID_ARGUMENT."""
+    for n, message in enumerate(messages):
+        if message.__class__ is _Undecodable:
+            raise InvalidArgument(f"stream message {n}: {message.message}")
+        yield message
+
 
 
 class Gate:
@@ -115,6 +163,8 @@ class Gate:
                 self._shed(name, context)
             code = "OK"
             try:
+                if request.__class__ is _Undecodable:  # bytes that are not the message
+                    raise InvalidArgument(request.message)
                 return method(request, context)
             except DecisionError as exc:
                 code, message = exc.status, str(exc)
@@ -130,6 +180,7 @@ class Gate:
                 if code == "OK":
                     if log_ok and rnd() < sample:
                         self._log(name, code, started, client, context, "")
+            message = _details(message)
             self._log(name, code, started, client, context, message)
             context.abort(grpc.StatusCode[code], message)
 
@@ -379,7 +430,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         summary = self.engine.track_many(
             _event(e) if len(batch.events) <= limit else
             TooManyInMessage(len(batch.events), limit)
-            for batch in request_iterator for e in batch.events)
+            for batch in _decoded(request_iterator) for e in batch.events)
         if self.metrics is not None:
             self.metrics.events_applied.inc(summary.applied)
             self.metrics.events_duplicate.inc(summary.duplicates)
@@ -387,7 +438,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.TrackSummary(
             received=summary.received, applied=summary.applied,
             duplicates=summary.duplicates, rejected_count=summary.rejected_count,
-            rejected=[pb.Rejection(index=i, event_id=eid, message=m)
+            rejected=[pb.Rejection(index=i, event_id=eid, message=_details(m))
                       for i, eid, m in summary.rejected])
 
     def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
@@ -409,6 +460,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         them may watch (RESOURCE_EXHAUSTED beyond: raise --threads). They are not
         counted against --max-in-flight: subscribers cannot starve other calls."""
         self.gate.check_stream("WatchTriggers", context)
+        if request.__class__ is _Undecodable:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(request.message))
         with self._watchers_lock:
             if self._watchers >= self.max_watchers:
                 if self.metrics is not None:
@@ -421,7 +474,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         try:
             yield from self._follow_triggers(request, context)
         except DecisionError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            context.abort(grpc.StatusCode[exc.status], _details(str(exc)))
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("internal error in WatchTriggers (incident %s)", incident)
@@ -480,7 +533,7 @@ def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:
             function = servicer.gate.wrap(method.name, function)
         handlers[method.name] = make(
             function,
-            request_deserializer=request_cls.FromString,
+            request_deserializer=_parser(request_cls),
             response_serializer=(bytes if method.name in PRE_ENCODED
                                  else reply_cls.SerializeToString),
         )

@@ -41,7 +41,7 @@ from typing import Callable, TypeVar
 import lmdb
 import msgpack
 
-from decision.errors import StoreError
+from decision.errors import CorruptProfile, StoreError
 from decision.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
 
 T = TypeVar("T")
@@ -55,6 +55,16 @@ def profile_key_bytes(key: int) -> bytes:
 
 def identity_key(kind: str, value: str) -> bytes:
     return f"{kind}{_SEP}{value}".encode()
+
+
+def _owner(value, position: int):
+    """The profile key at ``position`` of a msgpack list value; None for a value that
+    is not one (written by something else: it names no profile of ours)."""
+    try:
+        item = msgpack.unpackb(value)[position]
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
+        return None
+    return item if isinstance(item, int) else None
 
 
 class _MapGate:
@@ -245,7 +255,7 @@ class ProfileStore:
     def published_catalog(self) -> str | None:
         with self.reader() as r:
             raw = r.meta(b"catalog_version")
-        return None if raw is None else raw.decode()
+        return None if raw is None else raw.decode("utf-8", "replace")
 
     # ------------------------------------------------------------- profiles
     def allocate_key(self, txn: lmdb.Transaction) -> int:
@@ -272,11 +282,23 @@ class ProfileStore:
         identifiers were removed (ones re-pointed to another profile are kept)."""
         txn.delete(profile_key_bytes(record.key), db=self.profiles_db)
         removed = 0
+        mine = profile_key_bytes(record.key)
         for kind, value in record.identifiers:
-            if self.resolve_in(txn, kind, value) == record.key:
+            if txn.get(identity_key(kind, value), db=self.identity_db) == mine:
                 txn.delete(identity_key(kind, value), db=self.identity_db)
                 removed += 1
         return removed
+
+    def delete_undecodable_profile(self, txn: lmdb.Transaction, key: int) -> tuple[int, int]:
+        """Erase a profile whose value cannot be decoded (so its identifiers and merged
+        keys are unknown): the value, every identifier pointing at it (a scan) and its
+        event and trigger records. Returns (identifiers removed, event records removed)."""
+        txn.delete(profile_key_bytes(key), db=self.profiles_db)
+        target = profile_key_bytes(key)
+        doomed = [k for k, v in txn.cursor(db=self.identity_db) if v == target]
+        for k in doomed:
+            txn.delete(k, db=self.identity_db)
+        return len(doomed), self.delete_event_records(txn, {key})
 
     def delete_event_records(self, txn: lmdb.Transaction, keys: set[int]) -> int:
         """Delete the applied-event and trigger records of the profile ``keys``; return
@@ -293,7 +315,7 @@ class ProfileStore:
     def _delete_where(txn: lmdb.Transaction, db, position: int, keys: set[int]) -> int:
         """Delete the entries of ``db`` whose msgpack list holds one of ``keys`` at
         ``position``."""
-        doomed = [k for k, v in txn.cursor(db=db) if msgpack.unpackb(v)[position] in keys]
+        doomed = [k for k, v in txn.cursor(db=db) if _owner(v, position) in keys]
         for k in doomed:
             txn.delete(k, db=db)
         return len(doomed)
@@ -384,7 +406,12 @@ class ProfileStore:
 
     def resolve_in(self, txn: lmdb.Transaction, kind: str, value: str) -> int | None:
         raw = txn.get(identity_key(kind, value), db=self.identity_db)
-        return None if raw is None else int.from_bytes(raw, "big")
+        if raw is None:
+            return None
+        if len(raw) != KEY_BYTES:  # not written by us: CorruptProfile (DATA_LOSS)
+            raise CorruptProfile(f"identifier {kind} {value!r}: its stored link ({len(raw)} "
+                                 "bytes) is not a profile key")
+        return int.from_bytes(raw, "big")
 
     def get(self, key: int) -> ProfileRecord | None:
         with self.reader() as r:

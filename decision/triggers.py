@@ -101,7 +101,7 @@ class TriggerSet:
                 raise CatalogError(f"{where}: unknown key '{sorted(unknown)[0]}' "
                                    "(allowed: cancel_on, decide, delay, event, when)")
             event = spec.get("event")
-            if event not in event_types:
+            if not isinstance(event, str) or event not in event_types:
                 raise CatalogError(f"{where}.event: unknown event type {event!r} (known: "
                                    f"{', '.join(sorted(event_types)) or 'none declared'})")
             when = spec.get("when", "")
