@@ -113,7 +113,10 @@ def run_campaign(engine, spec: CampaignSpec, out: Path, fmt: str = "",
 def _gc_paused():
     """A campaign holds tens of thousands of decoded profiles at a time (acyclic dicts
     and lists): the cyclic collector would rescan them over and over (measured: the
-    read of 1M profiles took 32 s with it, 12 s without). Paused for the campaign."""
+    read of 1M profiles took 32 s with it, 12 s without). Paused for the campaign, in
+    the whole process (gc is per process): in a server, the request threads run
+    without cycle collection meanwhile, which only delays freeing reference cycles
+    (reference counting frees everything else as usual)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -136,17 +139,16 @@ def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progr
     reader = _ChunkReader(engine.store, active, spec.segment, base,
                           pace.timezone_attribute if pace.later else "")
     offer_ids = [o.id for o in catalog.offers]
-    members = decided = rows = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     bar = tqdm(total=engine.store.count(), unit=" profiles", disable=not progress,
                desc=f"campaign {spec.segment} -> {spec.channel}", unit_scale=True)
+
     def rank(chunk: _Chunk):
         return decide_batch(
             catalog.code, catalog.programs, catalog.consts, chunk.slots, catalog.offer_masks,
             catalog.offer_window, catalog.offer_value, catalog.offer_order, catalog.weights,
-            catalog.bias,
-            chunk.features, chunk.contacts, chunk.contact_start, channel_bit, placement_bit,
+            catalog.bias, chunk.features, chunk.contacts, chunk.contact_start, channel_bit, placement_bit,
             now, spec.limit, active.policies)
 
     def rows_of(chunk: _Chunk, ranked, first: int) -> list[tuple]:
@@ -168,6 +170,22 @@ def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progr
 
     # a pipeline: the kernel (compiled, parallel, without the GIL) ranks chunk i while
     # this thread writes chunk i-1 and reads chunk i+1
+    try:
+        members, decided, rows = _write(tmp, fmt, reader, bar, rank, rows_of)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half file left behind
+        raise
+    finally:
+        bar.close()
+    tmp.replace(out)  # a reader of ``out`` never sees half a file
+    return CampaignSummary(out, members, decided, rows, reader.skipped,
+                           time.perf_counter() - started, catalog.version, decided_ms,
+                           campaign_id)
+
+
+def _write(tmp: Path, fmt: str, reader, bar, rank, rows_of) -> tuple[int, int, int]:
+    """Read, rank and write every chunk; return (members, decided, rows)."""
+    members = decided = rows = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f, \
             ThreadPoolExecutor(1, thread_name_prefix="decision-campaign") as pool:
         write = _writer(f, fmt)
@@ -189,11 +207,7 @@ def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progr
             pending = ranking
             if chunk is None:
                 break
-    tmp.replace(out)  # a reader of ``out`` never sees half a file
-    bar.close()
-    return CampaignSummary(out, members, decided, rows, reader.skipped,
-                           time.perf_counter() - started, catalog.version, decided_ms,
-                           campaign_id)
+    return members, decided, rows
 
 
 def _iso(ms: int) -> str:
@@ -269,11 +283,19 @@ class _ChunkReader:
                             or len(buf) < tail_at:
                         raise ValueError("not a profile of this store's layout")
                     tail = unpackb(buf[tail_at:])
-                    if segment not in tail.get("s", ()):
+                    segments = tail.get("s", [])
+                    if type(segments) is not list:
+                        raise ValueError("segments are not a list")
+                    if segment not in segments:
                         continue
                     identifiers = tail["i"]
                     attributes = tail["a"]
+                    if (type(attributes) is not dict or type(tail["c"]) is not dict
+                            or type(identifiers) is not list):
+                        raise ValueError("not the documented profile shape")
                     kind, value = identifiers[0] if identifiers else ("", "")
+                    if type(kind) is not str or type(value) is not str:
+                        raise ValueError("identifiers are not [kind, value] strings")
                 except (ValueError, TypeError, KeyError, AttributeError, struct.error,
                         msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
                     self.skipped += 1  # corrupt or foreign: that customer is left out

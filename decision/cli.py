@@ -290,7 +290,7 @@ def cmd_campaign(args) -> int:
     from decision.engine import Engine
 
     settings = _settings(args, Path(args.data_dir), Path(args.catalog))
-    engine = Engine(settings)
+    engine = Engine(settings, publish=False)  # a batch job: serving state is not ours
     try:
         s = run_campaign(engine, CampaignSpec(args.segment, args.channel, args.placement,
                                               args.limit, _parse_context(args.context)),

@@ -41,7 +41,7 @@ from decision.ingest import (
     Event, GroupCommitter, Outcome, TooManyInMessage, ValidEvent, validate,
 )
 from decision.layout import AttributeValue, ProfileRecord
-from decision.policies import MAX_CONTACTS
+from decision.policies import trim_contacts
 from decision.segments import refresh as refresh_segments
 from decision.rules import string_id
 from decision.segments import slot_value
@@ -213,7 +213,9 @@ class Engine:
     """Decisions and profile operations over one store and one (swappable) catalog."""
 
     def __init__(self, settings: Settings, store: ProfileStore | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, publish: bool = True):
+        """``publish``: record this catalog's version in the store as the one every
+        server process serves (False for batch jobs that only read: a campaign)."""
         self.settings = settings
         self.limits: Limits = settings.limits
         self.kinds = frozenset(settings.identifier_kinds)
@@ -224,7 +226,8 @@ class Engine:
         self._catalog_listeners: list[Callable[[Catalog], None]] = []
         self._active = self._prepare(load_catalog(settings.catalog_path))
         self._unreachable: str | None = None
-        self.store.publish_catalog(self.catalog.version)
+        if publish:
+            self.store.publish_catalog(self.catalog.version)
         self._ingest = GroupCommitter(self.store, len(self.catalog.feature_names), clock,
                                       lambda: self.catalog)
 
@@ -690,12 +693,22 @@ class Engine:
 
         def work(txn) -> int:
             fired = 0
-            for value in store.take_due(txn, now_ms, limit):
-                name, key, _scheduled_ms, event_id = msgpack.unpackb(value)
+            behind = None  # this process's catalog lags the published one
+            for due_ms, value in store.take_due(txn, now_ms, limit):
+                name, key, scheduled_ms, event_id = msgpack.unpackb(value)
                 spec = triggers.delayed.get(name)
+                if spec is None:
+                    if behind is None:
+                        behind = store.published_catalog_in(txn) != active.catalog.version
+                    if behind:  # another process knows this trigger: leave it to it
+                        store.schedule_action(txn, key, name, due_ms, value)
+                    else:
+                        log.warning("delayed action %s of profile %016x dropped: the catalog "
+                                    "no longer has this trigger", name, key)
+                    continue
                 raw = txn.get(profile_key_bytes(key), db=store.profiles_db)
-                if spec is None or raw is None:
-                    continue  # no longer in the catalog, or the customer was erased
+                if raw is None:
+                    continue  # the customer was erased
                 try:
                     record = layout.decode(raw, key)
                     if not triggers.holds(name, record):
@@ -705,6 +718,9 @@ class Engine:
                         decision = self._action_decision(active, spec.decide, key, raw, now)
                 except DecisionError as exc:
                     log.error("delayed action %s of profile %016x dropped: %s", name, key, exc)
+                    continue
+                except Exception:  # one bad action must not hold back all the others
+                    log.exception("delayed action %s of profile %016x dropped", name, key)
                     continue
                 record_action(store, txn, record, name, now_ms, event_id, decision)
                 fired += 1
@@ -718,6 +734,7 @@ class Engine:
                        np.full(active.n_slots, _NAN), key, raw, now)
         offers = active.catalog.offers
         return {"id": d.decision_id, "channel": spec.channel, "placement": spec.placement,
+                "eligible": d.eligible_count, "catalog": active.catalog.version,
                 "deliver_at_ms": d.deliver_at_ms, "timing": d.timing,
                 "offers": [[offers[i].id, s, p] for i, s, p in
                            zip(d.offer_index, d.score, d.propensity)]}
@@ -787,11 +804,10 @@ def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
     for r in records:
         identifiers += [i for i in r.identifiers if i not in identifiers]
     merged_keys = [k for r in records if r.key != survivor.key for k in (r.key, *r.merged_keys)]
-    contacts = np.concatenate([np.asarray(r.contacts, dtype=np.int64).reshape(-1, 2)
-                               for r in records])
-    contacts = contacts[np.argsort(contacts[:, 0], kind="stable")][-MAX_CONTACTS:]
+    contacts = trim_contacts(np.concatenate(
+        [np.asarray(r.contacts, dtype=np.int64).reshape(-1, 2) for r in records]), 0, None)
     return ProfileRecord(key=survivor.key, features=by_recency[-1].features.copy(),
-                         contacts=np.ascontiguousarray(contacts),
+                         contacts=contacts,
                          attributes=attributes, counters=counters, identifiers=identifiers,
                          segments=list(survivor.segments),  # changes become triggers
                          merged_keys=survivor.merged_keys + merged_keys,
@@ -800,14 +816,16 @@ def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
 
 
 def _move_pending(store, txn, old: int, new: int) -> None:
-    """A merged-away profile's pending actions continue on the survivor (unless it
-    has the same action pending already: the survivor's stays)."""
+    """A merged-away profile's pending actions continue on the survivor; where both
+    have the same action pending, the one due first stays."""
     ours = store.pending_actions(txn, new)
-    for name, due_ms in store.pending_actions(txn, old).items():
+    for name, (due_ms, value) in store.pending_actions(txn, old).items():
         store.cancel_action(txn, old, name)
-        if name not in ours:
-            store.schedule_action(txn, new, name, due_ms,
-                                  msgpack.packb([name, new, due_ms, ""]))
+        if name in ours and ours[name][0] <= due_ms:
+            continue
+        _, _, scheduled_ms, event_id = msgpack.unpackb(value) if value else (0, 0, due_ms, "")
+        store.schedule_action(txn, new, name, due_ms,
+                              msgpack.packb([name, new, scheduled_ms, event_id]))
 
 
 def _check_type(v, ftype: str, where: str) -> None:

@@ -151,7 +151,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
     actions it cancels or schedules are deleted or written; all in the same
     transaction."""
     triggers = catalog.triggers
-    horizon_ms = catalog.policies.horizon_ms
+    horizons = catalog.policies.horizons
 
     def work(txn) -> list[Outcome]:
         records: dict[int, ProfileRecord] = {}
@@ -173,7 +173,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
             event_actions.apply(ev.event_type, record, ev.data, ev.time_ms)
             if ev.contact_tag:
                 record.contacts = record_contact(record.contacts, ev.time_ms, ev.contact_tag,
-                                                 now_ms, horizon_ms)
+                                                 now_ms, horizons)
             entered, left = refresh_segments(catalog.segments, record)
             name = ev.event_type.name
             fired, scheduled = triggers.fired(name, record)

@@ -80,34 +80,61 @@ class ChannelPace:
 
     def deliver_at(self, decided_ms: int, zone_name: str | None = None) -> Timing:
         """When to deliver an answer decided at ``decided_ms`` to a customer living in
-        ``zone_name`` (None, empty or unknown: the channel's default zone)."""
+        ``zone_name`` (None, empty or unknown: the channel's default zone).
+
+        The search steps through UTC instants, reading each one's local time: across a
+        daylight-saving change the result is still the first allowed instant at or
+        after ``decided_ms + min_delay`` (never before it, never in a skipped hour)."""
         if not self.later:
             return Timing(decided_ms, "now")
         zone, zone_note = self.zone, self.zone_name
         if zone_name:
-            try:
-                zone, zone_note = ZoneInfo(zone_name), zone_name
-            except (ZoneInfoNotFoundError, ValueError):
+            zone_found = _profile_zone(zone_name)
+            if zone_found is None:
                 zone_note = f"{self.zone_name}, the profile's zone {zone_name!r} is unknown"
+            else:
+                zone, zone_note = zone_found, zone_name
         earliest = decided_ms + self.min_delay_ms
-        local = datetime.fromtimestamp(earliest / 1000, tz=timezone.utc).astimezone(zone)
         parts = [f"{self.channel} is delivered later"]
         if self.min_delay_ms:
             parts.append(f"at least {format_duration(self.min_delay_ms)} after the decision")
+        at = datetime.fromtimestamp(earliest / 1000, tz=timezone.utc)
+        local = at.astimezone(zone)
         minute = local.hour * 60 + local.minute
         if self.allowed[minute]:
             return Timing(earliest, "; ".join(parts))
-        # the next allowed minute, today or on a following day
-        step = 1
-        while not self.allowed[(minute + step) % DAY_MINUTES]:
-            step += 1
-        start = (local.replace(second=0, microsecond=0) + timedelta(minutes=step))
-        start = start.astimezone(timezone.utc).astimezone(zone)  # normalise across DST
         why = (f"in the quiet hours {self.quiet_text}" if minute in self._quiet
                else f"outside the send window {self.window_text}")
-        parts.append(f"{local:%H:%M} ({zone_note}) is {why}: moved to {start:%Y-%m-%d %H:%M} "
-                     "local time")
-        return Timing(int(start.timestamp() * 1000), "; ".join(parts))
+        first_local = local
+        for _ in range(8):  # a DST change can move the wall clock once more
+            step = 1
+            while not self.allowed[(minute + step) % DAY_MINUTES]:
+                step += 1
+            target = (minute + step) % DAY_MINUTES
+            at = at.replace(second=0, microsecond=0) + timedelta(minutes=step)
+            local = at.astimezone(zone)
+            minute = local.hour * 60 + local.minute
+            ahead = (minute - target) % DAY_MINUTES
+            if 0 < ahead <= 180:  # the clock sprang forward over the target minute:
+                back = at - timedelta(minutes=ahead)  # the first instant past the gap
+                back_local = back.astimezone(zone)
+                back_minute = back_local.hour * 60 + back_local.minute
+                if back.timestamp() * 1000 >= earliest and self.allowed[back_minute]:
+                    at, local, minute = back, back_local, back_minute
+            if self.allowed[minute]:
+                break
+        parts.append(f"{first_local:%H:%M} ({zone_note}) is {why}: moved to "
+                     f"{local:%Y-%m-%d %H:%M} local time")
+        return Timing(int(at.timestamp() * 1000), "; ".join(parts))
+
+
+def _profile_zone(name: str) -> ZoneInfo | None:
+    """The zone a profile names, or None when it names none (``"Europe"`` is a
+    directory of the zone database, not a zone: OSError, not only ZoneInfoNotFound)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        return None
 
 
 def parse_pace(table, channels: tuple[str, ...]) -> dict[str, ChannelPace]:
@@ -144,6 +171,6 @@ def _minutes(interval: tuple[int, int]) -> set[int]:
 def _zone(name, where: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         raise CatalogError(f"{where}: unknown time zone {name!r} (an IANA name like "
                            "\"Europe/Paris\" or \"UTC\")") from None

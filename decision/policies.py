@@ -71,7 +71,8 @@ from decision.timing import duration_ms, format_duration
 
 OUTCOMES = {"impression": 1, "click": 2, "conversion": 3, "dismissal": 4}
 SCOPES = {"offer": 0, "channel": 1, "customer": 2}
-MAX_CONTACTS = 512  # contact records kept per profile (the newest)
+MAX_CONTACTS = 512  # contact records kept per profile
+MAX_CAP = MAX_CONTACTS // 2  # the largest cap a policy may set
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
@@ -96,10 +97,11 @@ class Policy(NamedTuple):
     window_ms: int
     channels: tuple[str, ...]
     offers: tuple[str, ...]
+    period: str = ""  # the window as the catalog writes it ("30d")
 
     def describe(self) -> str:
         where = f" on {', '.join(self.channels)}" if self.channels else ""
-        period = format_duration(self.window_ms)
+        period = self.period or format_duration(self.window_ms)
         if self.type == "cap":
             what = {"offer": "of this offer", "channel": "on this channel",
                     "customer": "in all"}[self.scope]
@@ -152,6 +154,11 @@ class PolicySet:
         if len(set(self.channel_sids.tolist())) != len(channels):
             raise CatalogError("two channel names have the same 16-bit contact id; rename one")
         self.horizon_ms = max((p.window_ms for p in self.policies), default=0)
+        # per contact kind, how long a policy may still count it (older: dropped)
+        self.horizons = np.zeros(len(OUTCOMES) + 1, dtype=np.int64)
+        for p in self.policies:
+            kind = OUTCOMES[p.kind]
+            self.horizons[kind] = max(self.horizons[kind], p.window_ms)
         for array in (self.pol_scope, self.pol_kind, self.pol_max, self.pol_window,
                       self.pol_channels, self.pol_offers, self.sorted_sids, self.sid_offer,
                       self.channel_sids):
@@ -203,18 +210,25 @@ def _policy(spec, position: int, channels: tuple[str, ...], offer_ids: list[str]
             raise CatalogError(f"{where}.max: a whole number >= 1 (a cap of 0 would remove "
                                f"every offer it applies to: remove them instead), got "
                                f"{maximum!r}")
+        if maximum > MAX_CAP:
+            raise CatalogError(f"{where}.max: at most {MAX_CAP} (a profile keeps its last "
+                               f"{MAX_CONTACTS} contacts, so a larger cap could not be "
+                               f"counted), got {maximum}")
         if "per" not in spec:
             raise CatalogError(f"{where}.per: required, the sliding window (\"7d\", \"1d\")")
         window = duration_ms(spec["per"], f"{where}.per")
+        period = spec["per"]
     else:
         scope, maximum = "offer", 1
         kind = spec.get("after", "impression") if ptype == "suppress" else "impression"
         if "for" not in spec:
             raise CatalogError(f"{where}.for: required, how long (\"30d\", \"1h\")")
         window = duration_ms(spec["for"], f"{where}.for")
+        period = spec["for"]
     if kind not in OUTCOMES:
         raise CatalogError(f"{where}: counts {', '.join(OUTCOMES)}, got {kind!r}")
-    return Policy(name, ptype, scope, kind, maximum, window, policy_channels, offers)
+    return Policy(name, ptype, scope, kind, maximum, window, policy_channels, offers,
+                  period.strip())
 
 
 def _list(value, where: str) -> tuple[str, ...]:
@@ -224,15 +238,30 @@ def _list(value, where: str) -> tuple[str, ...]:
 
 
 def record_contact(contacts: np.ndarray, at_ms: int, tag: int, now_ms: int,
-                   horizon_ms: int) -> np.ndarray:
-    """The history with one more contact: in time order, nothing older than the
-    longest policy period (relative to ``now_ms``), at most ``MAX_CONTACTS``."""
+                   horizons: np.ndarray) -> np.ndarray:
+    """The history with one more contact (see ``trim_contacts``)."""
     merged = np.concatenate([np.asarray(contacts, dtype=np.int64).reshape(-1, 2),
                              np.array([[at_ms, tag]], dtype=np.int64)])
-    return trim_contacts(merged, now_ms, horizon_ms)
+    return trim_contacts(merged, now_ms, horizons)
 
 
-def trim_contacts(contacts: np.ndarray, now_ms: int, horizon_ms: int) -> np.ndarray:
+def trim_contacts(contacts: np.ndarray, now_ms: int, horizons: np.ndarray | None) -> np.ndarray:
+    """In time order; without the contacts no policy can count any more (older than the
+    longest period of the policies counting their kind: ``horizons[kind]``); at most
+    ``MAX_CONTACTS``, dropping the oldest impressions and clicks before any conversion
+    or dismissal (a suppression outlives a flood of impressions)."""
     contacts = contacts[np.argsort(contacts[:, 0], kind="stable")]
-    contacts = contacts[contacts[:, 0] > now_ms - horizon_ms]
-    return np.ascontiguousarray(contacts[-MAX_CONTACTS:])
+    kinds = contacts[:, 1] & 0xFF
+    if horizons is not None:
+        limit = horizons[np.clip(kinds, 0, len(horizons) - 1)]
+        keep = contacts[:, 0] > now_ms - limit
+        contacts, kinds = contacts[keep], kinds[keep]
+    excess = contacts.shape[0] - MAX_CONTACTS
+    if excess > 0:
+        light = np.nonzero((kinds == OUTCOMES["impression"]) | (kinds == OUTCOMES["click"]))[0]
+        drop = light[:excess]  # the oldest impressions and clicks
+        keep = np.ones(contacts.shape[0], dtype=bool)
+        keep[drop] = False
+        contacts = contacts[keep]
+        contacts = contacts[-MAX_CONTACTS:]
+    return np.ascontiguousarray(contacts)

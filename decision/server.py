@@ -293,8 +293,8 @@ def _trigger(t, catalog: Catalog) -> pb.Trigger:
         msg.channel = d["channel"]
         msg.decision.CopyFrom(pb.DecideResponse(
             decision_id=d["id"], decided_at_ms=t.at_ms, deliver_at_ms=d["deliver_at_ms"],
-            timing=d["timing"], catalog_version=catalog.version,
-            eligible_count=len(d["offers"]),
+            timing=d["timing"], catalog_version=d.get("catalog", catalog.version),
+            eligible_count=d.get("eligible", len(d["offers"])),
             offers=[_triggered_offer(catalog, rank, *o)
                     for rank, o in enumerate(d["offers"], 1)]))
     return msg

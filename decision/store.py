@@ -257,6 +257,10 @@ class ProfileStore:
             raw = r.meta(b"catalog_version")
         return None if raw is None else raw.decode("utf-8", "replace")
 
+    def published_catalog_in(self, txn: lmdb.Transaction) -> str | None:
+        raw = txn.get(b"catalog_version", db=self.meta_db)
+        return None if raw is None else bytes(raw).decode("utf-8", "replace")
+
     # ------------------------------------------------------------- profiles
     def allocate_key(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"next_key", db=self.meta_db)
@@ -365,21 +369,24 @@ class ProfileStore:
         txn.delete(pending, db=self.pending_db)
         return True
 
-    def pending_actions(self, txn: lmdb.Transaction, key: int) -> dict[str, int]:
-        """The customer's pending actions: {name: due ms}."""
+    def pending_actions(self, txn: lmdb.Transaction, key: int) -> dict[str, tuple[int, bytes]]:
+        """The customer's pending actions: {name: (due ms, scheduled value)}."""
         prefix = profile_key_bytes(key)
         out = {}
         c = txn.cursor(db=self.pending_db)
         if c.set_range(prefix):
             for k, row in c:
-                k = bytes(k)
+                k, row = bytes(k), bytes(row)
                 if not k.startswith(prefix):
                     break
-                out[k[KEY_BYTES:].decode()] = int.from_bytes(bytes(row)[:KEY_BYTES], "big")
+                value = txn.get(row, db=self.schedule_db)
+                out[k[KEY_BYTES:].decode()] = (int.from_bytes(row[:KEY_BYTES], "big"),
+                                               b"" if value is None else bytes(value))
         return out
 
-    def take_due(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> list[bytes]:
-        """Remove and return up to ``limit`` actions due at ``now_ms`` (earliest first)."""
+    def take_due(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        """Remove and return up to ``limit`` (due ms, value) of the actions due at
+        ``now_ms``, earliest first."""
         rows = []
         c = txn.cursor(db=self.schedule_db)
         if c.first():
@@ -390,7 +397,7 @@ class ProfileStore:
         for row, _ in rows:
             txn.delete(row, db=self.schedule_db)
             txn.delete(row[KEY_BYTES:], db=self.pending_db)
-        return [value for _, value in rows]
+        return [(int.from_bytes(row[:KEY_BYTES], "big"), value) for row, value in rows]
 
     def next_due_ms(self) -> int | None:
         """When the earliest pending action is due, or None."""

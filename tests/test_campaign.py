@@ -104,6 +104,17 @@ def test_campaign_command_line(shop, tmp_path):
     assert "3 members of shoppers, 3 with an offer, 3 rows written" in done.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["customer_id"] for r in rows) == ["s1", "s2", "s3"]
+    # a batch job changes no serving state: an edited catalog is not published
+    edited = tmp_path / "edited.toml"
+    edited.write_text(shop.settings.catalog_path.read_text() + "\n# edited\n")
+    served = shop.running.engine.store.published_catalog()
+    done = subprocess.run(
+        [sys.executable, "-m", "decision.cli", "campaign", "--data-dir",
+         str(shop.settings.data_dir), "--catalog", str(edited), "--segment", "shoppers",
+         "--channel", "email", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert shop.running.engine.store.published_catalog() == served
     bad = subprocess.run(
         [sys.executable, "-m", "decision.cli", "campaign", "--data-dir",
          str(shop.settings.data_dir), "--catalog", str(shop.settings.catalog_path),
@@ -111,3 +122,21 @@ def test_campaign_command_line(shop, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert "segment: unknown segment 'nobody' (known: shoppers, carters)" in bad.stderr
+
+
+def test_campaign_reads_chunk_after_chunk_and_skips_corrupt_profiles(shop, monkeypatch):
+    """Chunks of 2 profiles (each its own read transaction) resume where the last one
+    stopped: every member once; a profile value that is not one of ours is left out
+    and counted, the rest of the campaign goes on."""
+    from decision import campaign
+    from decision.store import profile_key_bytes
+
+    monkeypatch.setattr(campaign, "CHUNK", 2)
+    store = shop.running.engine.store
+    store.write(lambda txn: txn.put(profile_key_bytes(10_000), b"DP\x01\x00garbage",
+                                    db=store.profiles_db))
+    summary = shop.stub.RunCampaign(pb.CampaignRequest(
+        segment="shoppers", channel="email", name="chunks"), timeout=60)
+    assert (summary.members, summary.skipped) == (3, 1)
+    assert sorted(r["customer_id"] for r in _rows(summary.path)) == ["s1", "s2", "s3"]
+    assert not list(shop.settings.campaign_dir.glob("*.part"))

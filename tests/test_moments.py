@@ -159,8 +159,9 @@ def test_conversion_and_dismissal_suppress_for_their_period(moments, clock):
     moments.outcome("cat", "dismissal", "shoes")
     answer = moments.decide("cat", explain=True)
     assert [o.offer_id for o in answer.offers] == ["socks"]
-    reasons = {r.offer_id: r.reason.detail.split(":")[0] for r in answer.removed}
-    assert reasons == {"bags": "after-purchase", "shoes": "not-interested"}
+    reasons = {r.offer_id: r.reason.detail for r in answer.removed}
+    assert reasons == {"bags": "after-purchase: suppress for 30d after a conversion",
+                       "shoes": "not-interested: suppress for 7d after a dismissal"}
     clock.advance(8 * DAY)   # the dismissal (7d) is over, the purchase (30d) is not
     assert [o.offer_id for o in moments.decide("cat").offers] == ["shoes", "socks"]
     clock.advance(23 * DAY)
@@ -270,6 +271,8 @@ def test_cart_reminder_fires_once_with_the_offer_of_that_moment(moments, clock):
     assert [o.offer_id for o in action.decision.offers] == ["shoes"]
     assert action.decision.offers[0].name == "Shoes -10%"
     assert action.decision.decision_id
+    assert action.decision.eligible_count == 2  # shoes and socks: bags are capped
+    assert action.decision.catalog_version.startswith("moments@")
     assert action.decision.deliver_at_ms >= action.at_ms + 10 * 60 * 1000  # e-mail pace
     clock.advance(2 * HOUR)
     time.sleep(0.3)                                           # a few scheduler passes
@@ -335,6 +338,7 @@ def test_erasure_cancels_pending_actions(moments, clock):
     ('[pace.email]\ndeliver = "later"\nmin_delay = "ten minutes"\n', "a duration like"),
     ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 0\nper = "1d"\n', "a cap of 0 would remove"),
     ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 2\n', "policy 'p'.per: required"),
+    ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 1000\nper = "1d"\n', "max: at most 256"),
     ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 2\nper = "0d"\n', "longer than zero"),
     ('[[policy]]\nname = "p"\ntype = "cap"\nmax = 1\nper = "1d"\nchannels = ["fax"]\n',
      "unknown channel 'fax'"),
@@ -392,3 +396,58 @@ def test_two_server_processes_fire_each_action_once(tmp_path):
         who = sorted(t.identifiers[0].value for t in actions)
         assert who == sorted(f"twin-{n}" for n in range(20))  # each once, none lost
         assert all(t.decision.offers for t in actions)
+
+
+def test_a_suppression_outlives_a_flood_of_impressions(moments, clock):
+    """The history keeps at most 512 contacts: impressions go first, a conversion
+    stays as long as a policy counts it."""
+    moments.outcome("pia", "conversion", "bags", channel="email")
+    clock.advance(HOUR)
+    events = [pb.Event(type="impression", customer=ident("pia"), offer_id="socks",
+                       channel="sms", event_id=f"imp-{n}") for n in range(700)]
+    summary = moments.stub.TrackStream(iter([pb.EventBatch(events=events)]), timeout=30)
+    assert summary.applied == 700
+    answer = moments.decide("pia", channel="web", explain=True)
+    assert {r.offer_id: r.reason.detail.split(":")[0] for r in answer.removed} == {
+        "bags": "after-purchase", "socks": "offer-weekly"}
+
+
+def test_a_zone_that_is_not_a_zone_falls_back_and_holds_back_nobody(moments, clock):
+    """"Europe" names a directory of the zone database: the channel's zone is used,
+    Decide says so, and delayed actions of everyone still fire."""
+    moments.stub.UpsertProfile(pb.UpsertProfileRequest(
+        identifiers=[ident("quin")], attributes={"timezone": text("Europe")}))
+    clock.set(datetime(2026, 3, 4, 22, 30, tzinfo=PARIS))  # outside the window
+    answer = moments.decide("quin", channel="email")
+    assert "(Europe/Paris, the profile's zone 'Europe' is unknown)" in answer.timing
+    assert _local(answer.deliver_at_ms).hour == 8
+    for who in ("quin", "rae"):
+        moments.track(who, "add_to_cart", attributes={"sku": text("B")})
+    clock.advance(HOUR)
+    actions = moments.triggers("action", wait=5, expect=2)
+    assert sorted(a.identifiers[0].value for a in actions) == ["quin", "rae"]
+
+
+@pytest.mark.parametrize(("zone", "decided", "quiet", "window", "want"), [
+    # New York falls back at 02:00 EDT -> 01:00 EST: 01:10 EST is the second 01:10
+    ("America/New_York", datetime(2024, 11, 3, 6, 10, tzinfo=timezone.utc),
+     ["01:00", "01:30"], None, datetime(2024, 11, 3, 6, 30, tzinfo=timezone.utc)),
+    # spring forward: 02:30 does not exist on 10 March, so the next day's 02:30
+    ("America/New_York", datetime(2024, 3, 10, 6, 0, tzinfo=timezone.utc),
+     None, ["02:30", "02:45"], datetime(2024, 3, 11, 6, 30, tzinfo=timezone.utc)),
+    # Paris: 01:50 CET, window from 03:00: 03:00 CEST is one hour of wall clock later
+    ("Europe/Paris", datetime(2026, 3, 29, 0, 50, tzinfo=timezone.utc),
+     None, ["03:00", "22:00"], datetime(2026, 3, 29, 1, 0, tzinfo=timezone.utc)),
+])
+def test_pace_across_daylight_saving_changes(zone, decided, quiet, window, want):
+    from decision.pace import ChannelPace
+
+    spec = {"deliver": "later", "timezone": zone}
+    if quiet:
+        spec["quiet_hours"] = quiet
+    if window:
+        spec["send_window"] = window
+    decided_ms = int(decided.timestamp() * 1000)
+    timing = ChannelPace("email", spec).deliver_at(decided_ms)
+    assert timing.deliver_at_ms >= decided_ms
+    assert timing.deliver_at_ms == int(want.timestamp() * 1000), timing
