@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+import random
 import threading
 import time
 import collections
@@ -44,7 +44,6 @@ from decision.layout import AttributeValue, ProfileRecord
 from decision.policies import trim_contacts
 from decision.segments import refresh as refresh_segments
 from decision.rules import string_id
-from decision.segments import slot_value
 from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, identity_key, profile_key_bytes
@@ -52,6 +51,7 @@ from kernels.decide import decide_offers
 from kernels.eligibility import eligible_mask
 
 log = logging.getLogger("decision.engine")
+_random_bits = random.getrandbits  # decision ids must be unique, not secret (os.urandom: 1 us)
 N_FEATURE_REASONS = 3
 _NAN = math.nan
 
@@ -186,7 +186,7 @@ class _Prepared:
 
     __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
                  "zero_features", "n_features", "n_slots", "context_types", "profile_slots",
-                 "policies", "has_policies", "later", "policy_reasons")
+                 "policies", "has_policies", "later", "policy_reasons", "context_plan")
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -200,6 +200,9 @@ class _Prepared:
         self.n_features = zero.shape[0]
         self.n_slots = catalog.fields.size
         self.context_types = {f.name: f.type for f in catalog.fields.of("context")}
+        used = catalog.context_fields  # the context keys some rule reads: their slots
+        self.context_plan = {name: (ftype, used[name].slot if name in used else -1)
+                             for name, ftype in self.context_types.items()}
         self.profile_slots = tuple((f.namespace, f.name, f.slot, f.type)
                                    for f in catalog.profile_fields)
         self.policies = catalog.policies.arrays
@@ -424,28 +427,43 @@ class Engine:
         return tuple((int(i), active.policy_reasons[blocked[i]]) for i in hits)
 
     def _fill_context(self, active: _Prepared, context, slots: np.ndarray) -> None:
+        """Check the request's context and put the values rules read into ``slots``
+        (per key, the catalog's type and slot are looked up once: ``context_plan``)."""
         limits = self.limits
         if len(context) > limits.max_context_entries:
             raise InvalidArgument(
                 f"context: {len(context)} entries, at most {limits.max_context_entries} allowed"
             )
-        used = active.catalog.context_fields
+        max_bytes = limits.max_string_bytes
+        short = max_bytes // 4  # this many characters are at most max_bytes in UTF-8
+        plan = active.context_plan
         for key, v in context.items():
-            if len(key.encode()) > limits.max_string_bytes:
+            if len(key) > short and len(key.encode()) > max_bytes:
                 raise InvalidArgument(
-                    f"context: key {key[:32]!r}... longer than {limits.max_string_bytes} bytes")
-            if isinstance(v, str) and len(v.encode()) > limits.max_string_bytes:
-                raise InvalidArgument(
-                    f"context[{key!r}]: value longer than {limits.max_string_bytes} bytes")
-            ftype = active.context_types.get(key)
-            if ftype is None or v is None:
+                    f"context: key {key[:32]!r}... longer than {max_bytes} bytes")
+            t = type(v)
+            if t is str and len(v) > short and len(v.encode()) > max_bytes:
+                raise InvalidArgument(f"context[{key!r}]: value longer than {max_bytes} bytes")
+            entry = plan.get(key)
+            if entry is None or v is None:
                 continue  # undeclared keys are ignored; no value means missing
-            _check_type(v, ftype, f"context[{key!r}]")
-            if ftype == "number" and not math.isfinite(v):
-                raise InvalidArgument(f"context[{key!r}]: must be a finite number, got {v}")
-            f = used.get(key)
-            if f is not None:
-                slots[f.slot] = slot_value(v, ftype)
+            ftype, slot = entry
+            if ftype == "string":
+                if t is not str:
+                    _check_type(v, ftype, f"context[{key!r}]")
+                value = string_id(v)
+            elif ftype == "number":
+                if t is not float and t is not int:
+                    _check_type(v, ftype, f"context[{key!r}]")
+                if not math.isfinite(v):
+                    raise InvalidArgument(f"context[{key!r}]: must be a finite number, got {v}")
+                value = float(v)
+            else:
+                if t is not bool:
+                    _check_type(v, ftype, f"context[{key!r}]")
+                value = 1.0 if v else 0.0
+            if slot >= 0:
+                slots[slot] = value
 
     # ------------------------------------------------------------- profiles
     def _identifier(self, ident: Identifier | None, where: str) -> tuple[str, str]:
@@ -839,4 +857,4 @@ def _check_type(v, ftype: str, where: str) -> None:
 
 def _decision_id(now: float) -> str:
     """28 hex characters: 48 bits of milliseconds (sortable by time) + 64 random bits."""
-    return f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(8).hex()}"
+    return f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{_random_bits(64):016x}"

@@ -137,6 +137,7 @@ class ProgramBuilder:
         if result_type != "bool":
             del self.code[start:]
             raise RuleError(f"rule `{text}`: must be true or false, but is a {result_type}")
+        self.code[start:] = _fuse(self.code[start:])
         self.used |= compiler.used
         self._compiled[text.strip()] = (start, len(self.code))
         return start, len(self.code)
@@ -145,6 +146,25 @@ class ProgramBuilder:
         code = np.asarray(self.code, dtype=np.int32).reshape(-1, 3)
         consts = np.asarray(self.consts, dtype=np.float64)
         return np.ascontiguousarray(code), consts
+
+
+_COMPARES = {vm.EQ, vm.NE, vm.LT, vm.LE, vm.GT, vm.GE}
+
+
+def _fuse(rows: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Peephole: PUSH_SLOT a, PUSH_CONST b, <compare> -> one SC_<compare> (a, b) row.
+    A program is postfix, so the three rows always form one sub-expression."""
+    out = []
+    i = 0
+    while i < len(rows):
+        if (i + 2 < len(rows) and rows[i][0] == vm.PUSH_SLOT
+                and rows[i + 1][0] == vm.PUSH_CONST and rows[i + 2][0] in _COMPARES):
+            out.append((vm.SC_EQ + rows[i + 2][0] - vm.EQ, rows[i][1], rows[i + 1][1]))
+            i += 3
+        else:
+            out.append(rows[i])
+            i += 1
+    return out
 
 
 class _Compiler:

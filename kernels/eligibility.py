@@ -35,6 +35,8 @@ NOT         pop x, push not truthy(x)
 ADD .. DIV  pop y, pop x, push x op y (IEEE: x / 0 is +-inf or NaN)
 NEG         pop x, push -x
 IN_SET      pop x, push x in ``consts[a:a + b]``
+SC_EQ..     push (``slots[a]`` op ``consts[b]``): the compiler's fusion of
+ SC_GE      PUSH_SLOT a, PUSH_CONST b, EQ..GE (most conditions: one row, not three)
 =========== ======================================================================
 
 Cost: O(instructions of the distinct programs reached) per request.
@@ -62,6 +64,12 @@ MUL = 13
 DIV = 14
 NEG = 15
 IN_SET = 16
+SC_EQ = 17  # SC_EQ + (EQ..GE - EQ): slot-vs-constant comparisons, fused
+SC_NE = 18
+SC_LT = 19
+SC_LE = 20
+SC_GT = 21
+SC_GE = 22
 
 MAX_STACK = 32
 
@@ -83,7 +91,24 @@ def run_program(code, start, end, consts, slots, stack):
     for pc in range(start, end):
         op = code[pc, 0]
         a = code[pc, 1]
-        if op == PUSH_SLOT:
+        if op >= SC_EQ:
+            x = slots[a]
+            y = consts[code[pc, 2]]
+            if op == SC_EQ:
+                r = 1.0 if x == y else 0.0
+            elif op == SC_NE:
+                r = 1.0 if x != y else 0.0
+            elif op == SC_LT:
+                r = 1.0 if x < y else 0.0
+            elif op == SC_LE:
+                r = 1.0 if x <= y else 0.0
+            elif op == SC_GT:
+                r = 1.0 if x > y else 0.0
+            else:
+                r = 1.0 if x >= y else 0.0
+            stack[sp] = r
+            sp += 1
+        elif op == PUSH_SLOT:
             stack[sp] = slots[a]
             sp += 1
         elif op == PUSH_CONST:
@@ -224,7 +249,9 @@ def eligible_mask_reference(code, programs, consts, slots, offer_masks, offer_wi
             continue
         stack: list[float] = []
         for op, a, b in code[programs[i, 0]:programs[i, 1]]:
-            if op == PUSH_SLOT:
+            if op >= SC_EQ:  # PUSH_SLOT a, PUSH_CONST b, EQ + (op - SC_EQ)
+                stack.append(float(ops[EQ + op - SC_EQ](float(slots[a]), float(consts[b]))))
+            elif op == PUSH_SLOT:
                 stack.append(float(slots[a]))
             elif op == PUSH_CONST:
                 stack.append(float(consts[a]))

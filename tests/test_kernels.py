@@ -247,7 +247,7 @@ def test_random_rules_exercise_every_opcode_and_both_outcomes():
     """Guard against a degenerate generator: all opcodes occur, rules pass and fail."""
     rng = np.random.default_rng(7)
     code, programs, consts, rules = random_programs(rng, 300, rule_probability=1.0)
-    assert set(code[:, 0].tolist()) == set(range(vm.IN_SET + 1))
+    assert set(code[:, 0].tolist()) == set(range(vm.SC_GE + 1))
     assert code.shape[0] == programs[:, 1].max()
     n = len(rules)
     masks = np.ones((n, 2), dtype=np.int64)

@@ -311,7 +311,7 @@ def reject(rule: str, *fragments: str, fields: FieldTable = FIELDS) -> str:
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
     assert builder.code == code_before, "a rejected rule must leave no code behind"
-    assert builder.add("profile.tier > 1") == (len(code_before), len(code_before) + 3)
+    assert builder.add("profile.tier > 1") == (len(code_before), len(code_before) + 1)  # fused
     return message
 
 
