@@ -51,6 +51,7 @@ class RuleSet:
         self.masks[:, 1] = 0
         self.window = np.tile([-np.inf, np.inf], (n, 1))
         self.n_slots = fields.size
+        self._empty = np.full(self.n_slots, _NAN)  # copied per evaluation
         self.inputs = tuple(sorted(((f.namespace, f.name, f.slot, f.type) for f in builder.used),
                                    key=lambda t: t[2]))
         for array in (self.code, self.consts, self.programs, self.masks, self.window):
@@ -60,7 +61,7 @@ class RuleSet:
         """The names of the rules that hold for ``record``, in declaration order."""
         if not self.names:
             return []
-        slots = np.full(self.n_slots, _NAN)
+        slots = self._empty.copy()
         self._fill(record, slots)
         member = eligible_mask(self.code, self.programs, self.consts, slots, self.masks,
                                self.window, 1, 0, 0.0)
@@ -79,13 +80,25 @@ class RuleSet:
         return [[n for n, m in zip(names, row) if m] for row in members]
 
     def _fill(self, record: ProfileRecord, slots: np.ndarray) -> None:
+        """The slots of ``record`` (``slot_value``'s conversions, written out: this
+        runs on every profile write)."""
+        counters, attributes, segments = record.counters, record.attributes, record.segments
         for namespace, name, slot, ftype in self.inputs:
             if namespace == "counter":
-                slots[slot] = slot_value(record.counters.get(name, 0.0), "number")
+                v = counters.get(name, 0.0)
+                t = type(v)
+                slots[slot] = v if t is float or t is int else _NAN
             elif namespace == "segment":
-                slots[slot] = 1.0 if name in record.segments else 0.0
+                slots[slot] = 1.0 if name in segments else 0.0
             else:
-                slots[slot] = slot_value(record.attributes.get(name), ftype)
+                v = attributes.get(name)
+                t = type(v)
+                if ftype == "number":
+                    slots[slot] = v if t is float or t is int else _NAN
+                elif ftype == "string":
+                    slots[slot] = string_id(v) if t is str else _NAN
+                else:
+                    slots[slot] = (1.0 if v else 0.0) if t is bool else _NAN
 
 
 class SegmentSet(RuleSet):
