@@ -42,8 +42,9 @@ from decision.ingest import (
 )
 from decision.layout import AttributeValue, ProfileRecord
 from decision.policies import trim_contacts
-from decision.segments import refresh as refresh_segments
 from decision.rules import string_id
+from decision.segments import fill_slots
+from decision.segments import refresh as refresh_segments
 from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, identity_key, profile_key_bytes
@@ -779,25 +780,8 @@ def _unknown_placement(catalog: Catalog, placement: str):
 
 
 def fill_profile_slots(profile_slots, tail: dict, slots: np.ndarray) -> None:
-    """The rule slots read from a stored profile: attributes, counters, segments (the
-    conversions of ``segments.slot_value``, written out: this runs per request)."""
-    attributes, counters, segments = tail["a"], tail["c"], tail["s"]
-    for namespace, name, slot, ftype in profile_slots:
-        if namespace == "profile":
-            v = attributes.get(name)
-            t = type(v)
-            if ftype == "number":
-                slots[slot] = v if t is float or t is int else _NAN
-            elif ftype == "string":
-                slots[slot] = string_id(v) if t is str else _NAN
-            else:
-                slots[slot] = (1.0 if v else 0.0) if t is bool else _NAN
-        elif namespace == "counter":
-            v = counters.get(name, 0.0)
-            t = type(v)
-            slots[slot] = v if t is float or t is int else _NAN
-        else:
-            slots[slot] = 1.0 if name in segments else 0.0
+    """The rule slots read from a stored profile: attributes, counters, segments."""
+    fill_slots(profile_slots, tail["a"], tail["c"], tail["s"], slots)
 
 
 def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:

@@ -80,25 +80,7 @@ class RuleSet:
         return [[n for n, m in zip(names, row) if m] for row in members]
 
     def _fill(self, record: ProfileRecord, slots: np.ndarray) -> None:
-        """The slots of ``record`` (``slot_value``'s conversions, written out: this
-        runs on every profile write)."""
-        counters, attributes, segments = record.counters, record.attributes, record.segments
-        for namespace, name, slot, ftype in self.inputs:
-            if namespace == "counter":
-                v = counters.get(name, 0.0)
-                t = type(v)
-                slots[slot] = v if t is float or t is int else _NAN
-            elif namespace == "segment":
-                slots[slot] = 1.0 if name in segments else 0.0
-            else:
-                v = attributes.get(name)
-                t = type(v)
-                if ftype == "number":
-                    slots[slot] = v if t is float or t is int else _NAN
-                elif ftype == "string":
-                    slots[slot] = string_id(v) if t is str else _NAN
-                else:
-                    slots[slot] = (1.0 if v else 0.0) if t is bool else _NAN
+        fill_slots(self.inputs, record.attributes, record.counters, record.segments, slots)
 
 
 class SegmentSet(RuleSet):
@@ -116,6 +98,28 @@ def refresh(segments: SegmentSet, record: ProfileRecord) -> tuple[list[str], lis
     left = [name for name in before if name not in now]
     record.segments = now
     return entered, left
+
+
+def fill_slots(inputs, attributes: dict, counters: dict, segments, slots: np.ndarray) -> None:
+    """Put a profile's values into the rule slots ``inputs`` names ((namespace, name,
+    slot, type) each): ``slot_value``'s conversions, written out, because this runs on
+    every decision and every profile write."""
+    for namespace, name, slot, ftype in inputs:
+        if namespace == "counter":
+            v = counters.get(name, 0.0)
+            t = type(v)
+            slots[slot] = v if t is float or t is int else _NAN
+        elif namespace == "segment":
+            slots[slot] = 1.0 if name in segments else 0.0
+        else:
+            v = attributes.get(name)
+            t = type(v)
+            if ftype == "number":
+                slots[slot] = v if t is float or t is int else _NAN
+            elif ftype == "string":
+                slots[slot] = string_id(v) if t is str else _NAN
+            else:
+                slots[slot] = (1.0 if v else 0.0) if t is bool else _NAN
 
 
 def slot_value(v, ftype: str) -> float:
