@@ -33,7 +33,7 @@ import numpy as np
 
 import msgpack
 
-from decision.errors import InvalidArgument, ResourceExhausted
+from decision.errors import InvalidArgument, ResourceExhausted, Unavailable
 from decision.layout import HEAD, HEAD_SIZE, LAYOUT_VERSION, MAGIC
 from decision.rules import string_id
 from kernels.decide import decide_batch
@@ -75,8 +75,10 @@ def format_for(path: Path, fmt: str = "") -> str:
 
 
 def run_campaign(engine, spec: CampaignSpec, out: Path, fmt: str = "",
-                 progress: bool = False) -> CampaignSummary:
-    """Decide for every member of ``spec.segment`` and write ``out``; see the module."""
+                 progress: bool = False, cancel=None) -> CampaignSummary:
+    """Decide for every member of ``spec.segment`` and write ``out``; see the module.
+    ``cancel``: an Event that, once set (a server shutting down), makes the campaign
+    give up between chunks with UNAVAILABLE (no file is left)."""
     fmt = format_for(out, fmt)
     active = engine._active  # one catalog version for the whole campaign
     catalog = active.catalog
@@ -104,7 +106,7 @@ def run_campaign(engine, spec: CampaignSpec, out: Path, fmt: str = "",
     try:
         with _gc_paused():
             return _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base,
-                        progress)
+                        progress, cancel)
     finally:
         _RUNNING.release()
 
@@ -126,7 +128,7 @@ def _gc_paused():
             gc.enable()
 
 
-def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progress):
+def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progress, cancel):
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -171,7 +173,7 @@ def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progr
     # a pipeline: the kernel (compiled, parallel, without the GIL) ranks chunk i while
     # this thread writes chunk i-1 and reads chunk i+1
     try:
-        members, decided, rows = _write(tmp, fmt, reader, bar, rank, rows_of)
+        members, decided, rows = _write(tmp, fmt, reader, bar, rank, rows_of, cancel)
     except BaseException:
         tmp.unlink(missing_ok=True)  # no half file left behind
         raise
@@ -183,7 +185,7 @@ def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progr
                            campaign_id)
 
 
-def _write(tmp: Path, fmt: str, reader, bar, rank, rows_of) -> tuple[int, int, int]:
+def _write(tmp: Path, fmt: str, reader, bar, rank, rows_of, cancel) -> tuple[int, int, int]:
     """Read, rank and write every chunk; return (members, decided, rows)."""
     members = decided = rows = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f, \
@@ -191,6 +193,9 @@ def _write(tmp: Path, fmt: str, reader, bar, rank, rows_of) -> tuple[int, int, i
         write = _writer(f, fmt)
         pending = None
         while True:
+            if cancel is not None and cancel.is_set():
+                raise Unavailable("the server is shutting down: the campaign stopped; run "
+                                  "it again on a running server")
             chunk = reader.next()
             if chunk is not None:
                 bar.update(chunk.scanned)

@@ -137,13 +137,25 @@ def cmd_demo(args) -> int:
     catalog = ensure_demo(data_dir, args.customers, args.offers, progress=not args.quiet)
     print(f"decision demo: data ready in {time.perf_counter() - started:.1f} s", flush=True)
     settings = _settings(args, data_dir / "profiles", catalog)
+    if settings.workers > 1:
+        raise SystemExit("decision demo runs one process; for --workers use "
+                         "decision serve --data-dir DIR/profiles --catalog DIR/catalog.toml")
     configure_logs(args.log_format)
+    secured = settings.credentials is not None or settings.tls_cert is not None
 
     def ask_once(running) -> None:
         from decision.demo import customer_id
 
         address = f"{settings.address.rpartition(':')[0]}:{running.port}"
         who = customer_id(42)
+        if secured:  # the example would need a token or the CA: the user has them
+            print(f"\ndecision demo: serving on {address} with credentials or TLS; ask with "
+                  f"decision ask --address {address} --customer {who} --token ... "
+                  "(and --tls-ca for TLS)\n", flush=True)
+            if args.once:
+                import signal
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
         print(f"\n$ decision ask --address {address} --customer {who} --channel kiosk "
               "--context country=FR --context device=kiosk\n", flush=True)
         _ask(address, who, "customer_id", "kiosk", "", 3,

@@ -80,10 +80,10 @@ class Metrics:
         self._latency = Histogram("decision_request_seconds",
                                   "DecisionService request latency in the handler, seconds",
                                   ["method", "code"], buckets=BUCKETS, registry=r)
-        self._decisions = Counter("decision_decisions", "Decide answers", ["channel"],
-                                  registry=r)
+        self._decisions = Counter("decision_decisions", "decisions (Decide and DecideBatch)",
+                                  ["channel"], registry=r)
         self._offers = Counter("decision_offers_decided",
-                               "offers returned in Decide answers", ["offer", "channel"],
+                               "offers returned in decisions", ["offer", "channel"],
                                registry=r)
         self._events = Counter("decision_events", "events received by Track/TrackStream",
                                ["outcome"], registry=r)

@@ -168,6 +168,8 @@ class Gate:
                 return method(request, context)
             except DecisionError as exc:
                 code, message = exc.status, str(exc)
+            except grpc.RpcError:  # the client cancelled (its stream ended): no bug here
+                code, message = "CANCELLED", f"{name}: the client cancelled the call"
             except Exception:
                 incident = uuid.uuid4().hex[:12]
                 log.exception("internal error in %s (incident %s)", name, incident)
@@ -197,6 +199,14 @@ class Gate:
             self._finish(name, status, time.perf_counter(), client, context, message)
             context.abort(grpc.StatusCode[status], message)
         return client
+
+    def fail_stream(self, name: str, code: str, started: float, client, context,
+                    message: str) -> None:
+        """End a server-streaming call with ``code``, counted and logged like the
+        unary calls' failures."""
+        message = _details(message)
+        self._finish(name, code, started, client, context, message)
+        context.abort(grpc.StatusCode[code], message)
 
     def _shed(self, name: str, context) -> None:
         if self.metrics is not None:
@@ -380,7 +390,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return encodings
 
     def DecideBatch(self, request: pb.DecideBatchRequest, context) -> bytes:
-        decisions = self.engine.decide_many([_query(r) for r in request.requests])
+        queries = [_query(r) for r in request.requests]
+        decisions = self.engine.decide_many(queries)
+        if self.metrics is not None:
+            for query, d in zip(queries, decisions):
+                offers = d.prepared.catalog.offers
+                self.metrics.decided(query.channel, [offers[i].id for i in d.offer_index])
         parts = []
         for decision in decisions:
             encoded = encode_decision(decision, self._encodings_for(decision))
@@ -459,9 +474,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         Each subscriber holds one handler thread while connected, so at most half of
         them may watch (RESOURCE_EXHAUSTED beyond: raise --threads). They are not
         counted against --max-in-flight: subscribers cannot starve other calls."""
-        self.gate.check_stream("WatchTriggers", context)
+        started = time.perf_counter()
+        client = self.gate.check_stream("WatchTriggers", context)
         if request.__class__ is _Undecodable:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(request.message))
+            self.gate.fail_stream("WatchTriggers", "INVALID_ARGUMENT", started, client, context,
+                                  request.message)
         with self._watchers_lock:
             if self._watchers >= self.max_watchers:
                 if self.metrics is not None:
@@ -474,11 +491,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         try:
             yield from self._follow_triggers(request, context)
         except DecisionError as exc:
-            context.abort(grpc.StatusCode[exc.status], _details(str(exc)))
+            self.gate.fail_stream("WatchTriggers", exc.status, started, client, context,
+                                  str(exc))
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("internal error in WatchTriggers (incident %s)", incident)
-            context.abort(grpc.StatusCode.INTERNAL, _INTERNAL.format(incident))
+            self.gate.fail_stream("WatchTriggers", "INTERNAL", started, client, context,
+                                  _INTERNAL.format(incident))
         finally:
             with self._watchers_lock:
                 self._watchers -= 1
@@ -507,7 +526,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             limit=request.limit if request.HasField("limit") else 1,
             context={k: _value(v) for k, v in request.context.items()})
         path = self.engine.settings.campaign_dir / f"{request.name}.{fmt}"
-        s = run_campaign(self.engine, spec, path, fmt)
+        s = run_campaign(self.engine, spec, path, fmt, cancel=self.closing)
         return pb.CampaignSummary(
             path=str(s.path), members=s.members, decided=s.decided, rows=s.rows,
             skipped=s.skipped, seconds=s.seconds, catalog_version=s.catalog_version,
@@ -576,6 +595,7 @@ def grpc_server(settings: Settings, reuse_port: bool) -> grpc.Server:
 
 
 CATALOG_SYNC_SECONDS = 1.0
+DRAIN_HANDLERS_S = 30.0  # how long stop waits for handlers still running after the grace
 SCHEDULER_POLL_S = 0.1  # how often each process looks for delayed actions come due
 TRIGGER_BATCH = 256  # log entries read per transaction by a watcher
 TRIGGER_POLL_S = 0.005  # how often a watcher looks for other processes' triggers
@@ -601,6 +621,14 @@ class Running:
         self.servicer.closing.set()  # trigger streams end now instead of at the grace
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        # gRPC stops waiting at the grace, not its handler threads: the store stays open
+        # until they are done (a campaign gives up between chunks once closing is set)
+        deadline = time.monotonic() + DRAIN_HANDLERS_S
+        while self.servicer.gate.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.servicer.gate.in_flight > 0:
+            log.warning("%d requests still running after %.0f s; closing the store anyway",
+                        self.servicer.gate.in_flight, DRAIN_HANDLERS_S)
         if self.metrics is not None:
             self.metrics.close()
         for thread in (self.follower, self.scheduler):

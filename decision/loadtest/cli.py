@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--address", default="127.0.0.1:50051", help="server host:port "
                    "(default %(default)s)")
-    g.add_argument("--token", help="bearer token, sent as 'authorization: Bearer TOKEN'")
+    g.add_argument("--token", help="bearer token, sent as 'authorization: Bearer TOKEN' "
+                   "(default: the DECISION_TOKEN environment variable, kept out of ps)")
     g.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting these root "
                    "certificates")
     g.add_argument("--tls-server-name", metavar="NAME",
@@ -77,8 +79,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args, parse_context) -> int:
+    if args.floor and args.tls_ca:
+        print("decision loadtest: --floor serves plaintext, so its ratios against a TLS "
+              "server would mislead; compare without TLS", file=sys.stderr)
+        return 2
     try:
-        target = Target(args.address, token=args.token, tls_ca=args.tls_ca,
+        token = args.token or os.environ.get("DECISION_TOKEN")
+        target = Target(args.address, token=token, tls_ca=args.tls_ca,
                         tls_server_name=args.tls_server_name)
         workload = Workload(
             mix=parse_mix(args.mix), customers=args.customers, skew=parse_skew(args.skew),
