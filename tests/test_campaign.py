@@ -140,3 +140,15 @@ def test_campaign_reads_chunk_after_chunk_and_skips_corrupt_profiles(shop, monke
     assert (summary.members, summary.skipped) == (3, 1)
     assert sorted(r["customer_id"] for r in _rows(summary.path)) == ["s1", "s2", "s3"]
     assert not list(shop.settings.campaign_dir.glob("*.part"))
+
+
+def test_a_closing_server_stops_a_campaign_between_chunks(shop):
+    """Shutdown sets the servicer's closing flag: a campaign gives up at its next chunk
+    with UNAVAILABLE, and leaves no file (half or whole) behind."""
+    shop.running.servicer.closing.set()
+    with pytest.raises(grpc.RpcError) as err:
+        shop.stub.RunCampaign(pb.CampaignRequest(
+            segment="shoppers", channel="email", name="late"), timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in err.value.details()
+    assert not list(shop.settings.campaign_dir.glob("late*"))
