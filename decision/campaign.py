@@ -21,7 +21,6 @@ import csv
 import gc
 import json
 import math
-import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +32,8 @@ import numpy as np
 
 import msgpack
 
-from decision.errors import InvalidArgument, ResourceExhausted, Unavailable
-from decision.layout import HEAD, HEAD_SIZE, LAYOUT_VERSION, MAGIC
+from decision.errors import CorruptProfile, InvalidArgument, ResourceExhausted, Unavailable
+from decision import layout
 from decision.rules import string_id
 from kernels.decide import decide_batch
 
@@ -262,8 +261,8 @@ class _ChunkReader:
             return None
         active = self.active
         n_features = active.n_features
-        feature_end = HEAD_SIZE + 4 * n_features
-        contacts_at = (feature_end + 7) & ~7
+        feature_end = layout.HEAD_SIZE + 4 * n_features
+        contacts_at = layout.contacts_offset(n_features)
         segment, zone_attribute = self.segment, self.zone_attribute
         feature_bytes = bytearray()
         contacts: list[bytes] = []
@@ -271,7 +270,7 @@ class _ChunkReader:
         who = []
         tails = []
         scanned = 0
-        unpack_head = HEAD.unpack_from
+        read_head = layout.read_head
         unpackb = msgpack.unpackb
         with self.store.reader() as r:
             cursor = r._txn.cursor(db=self.store.profiles_db)
@@ -281,12 +280,9 @@ class _ChunkReader:
                 self.after = key_bytes = bytes(key_bytes)
                 more = cursor.next()
                 scanned += 1
+                key = int.from_bytes(key_bytes, "big")
                 try:
-                    magic, version, _flags, nf, nc, _updated = unpack_head(buf)
-                    tail_at = contacts_at + 16 * nc if nc else feature_end
-                    if magic != MAGIC or version != LAYOUT_VERSION or nf != n_features \
-                            or len(buf) < tail_at:
-                        raise ValueError("not a profile of this store's layout")
+                    _nf, nc, tail_at = read_head(buf, key, n_features)
                     tail = unpackb(buf[tail_at:])
                     segments = tail.get("s", [])
                     if type(segments) is not list:
@@ -301,17 +297,16 @@ class _ChunkReader:
                     kind, value = identifiers[0] if identifiers else ("", "")
                     if type(kind) is not str or type(value) is not str:
                         raise ValueError("identifiers are not [kind, value] strings")
-                except (ValueError, TypeError, KeyError, AttributeError, struct.error,
+                except (CorruptProfile, ValueError, TypeError, KeyError, AttributeError,
                         msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
                     self.skipped += 1  # corrupt or foreign: that customer is left out
                     continue
-                feature_bytes += buf[HEAD_SIZE:feature_end]
+                feature_bytes += buf[layout.HEAD_SIZE:feature_end]
                 if nc:
                     contacts.append(bytes(buf[contacts_at:tail_at]))
                 starts.append(starts[-1] + nc)
                 zone = attributes.get(zone_attribute) if zone_attribute else None
-                who.append((kind, value, int.from_bytes(key_bytes, "big"),
-                            zone if type(zone) is str else None))
+                who.append((kind, value, key, zone if type(zone) is str else None))
                 tails.append(tail)
         if not more:
             self.done = True

@@ -186,7 +186,7 @@ class _Prepared:
     """Per-catalog values the hot path needs, computed once per catalog version."""
 
     __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
-                 "zero_features", "n_features", "n_slots", "context_types", "profile_slots",
+                 "zero_features", "n_features", "n_slots", "profile_slots",
                  "policies", "has_policies", "later", "policy_reasons", "context_plan")
 
     def __init__(self, catalog: Catalog):
@@ -200,10 +200,9 @@ class _Prepared:
         self.zero_features = zero
         self.n_features = zero.shape[0]
         self.n_slots = catalog.fields.size
-        self.context_types = {f.name: f.type for f in catalog.fields.of("context")}
         used = catalog.context_fields  # the context keys some rule reads: their slots
-        self.context_plan = {name: (ftype, used[name].slot if name in used else -1)
-                             for name, ftype in self.context_types.items()}
+        self.context_plan = {f.name: (f.type, used[f.name].slot if f.name in used else -1)
+                             for f in catalog.fields.of("context")}
         self.profile_slots = tuple((f.namespace, f.name, f.slot, f.type)
                                    for f in catalog.profile_fields)
         self.policies = catalog.policies.arrays

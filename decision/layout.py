@@ -65,7 +65,7 @@ class ProfileRecord:
     contacts: np.ndarray = field(default_factory=lambda: NO_CONTACTS)  # int64[H, 2]: (at_ms, tag), oldest first
 
 
-def _contacts_offset(n_features: int) -> int:
+def contacts_offset(n_features: int) -> int:
     return (HEAD_SIZE + 4 * n_features + 7) & ~7
 
 
@@ -79,7 +79,7 @@ def encode(record: ProfileRecord) -> bytes:
                      record.updated_at_ms)
     body = head + features.tobytes()
     if n_contacts:
-        body += bytes(_contacts_offset(features.shape[0]) - len(body)) + contacts.tobytes()
+        body += bytes(contacts_offset(features.shape[0]) - len(body)) + contacts.tobytes()
     tail = msgpack.packb(
         {"a": record.attributes, "c": record.counters,
          "i": [list(i) for i in record.identifiers], "s": record.segments,
@@ -100,7 +100,7 @@ def read_head(buf, key: int, n_expected: int | None = None) -> tuple[int, int, i
             f"profile {key:016x}: not a profile of layout {LAYOUT_VERSION} "
             f"(magic {magic!r}, version {version})"
         )
-    tail_at = (_contacts_offset(n_features) + 16 * n_contacts if n_contacts
+    tail_at = (contacts_offset(n_features) + 16 * n_contacts if n_contacts
                else HEAD_SIZE + 4 * n_features)
     if len(buf) < tail_at:
         raise CorruptProfile(f"profile {key:016x}: truncated feature vector or contacts")
@@ -128,7 +128,7 @@ def tail_offset(buf, n_features: int) -> int:
     n_contacts = contact_count(buf)
     if not n_contacts:
         return HEAD_SIZE + 4 * n_features
-    return _contacts_offset(n_features) + 16 * n_contacts
+    return contacts_offset(n_features) + 16 * n_contacts
 
 
 def contacts_view(buf, n_features: int, n_contacts: int | None = None) -> np.ndarray:
@@ -138,7 +138,7 @@ def contacts_view(buf, n_features: int, n_contacts: int | None = None) -> np.nda
     if not n_contacts:
         return NO_CONTACTS
     return np.frombuffer(buf, dtype="<i8", count=2 * n_contacts,
-                         offset=_contacts_offset(n_features)).reshape(n_contacts, 2)
+                         offset=contacts_offset(n_features)).reshape(n_contacts, 2)
 
 
 _CONTACTS = struct.Struct("<H")

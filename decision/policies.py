@@ -115,8 +115,8 @@ class PolicySet:
     pol_scope, pol_kind, pol_max, pol_window (ms), pol_channels (channel bitmask, 0 =
     all): int64[P]; pol_offers: bool[P, n]; sorted_sids/sid_offer: the offers' stable
     ids, sorted, and the offer index of each; channel_sids: int64[C], the stable id of
-    the channel of each bit. ``horizon_ms``: the longest period (older contacts are
-    never read)."""
+    the channel of each bit. ``horizons``: int64[kind], the longest period of the
+    policies counting each contact kind (older contacts of that kind are dropped)."""
 
     def __init__(self, table, channels: tuple[str, ...], offer_ids: list[str]):
         if not isinstance(table, list):
@@ -153,7 +153,6 @@ class PolicySet:
         self.channel_sids = np.array([channel_sid(c) for c in channels], dtype=np.int64)
         if len(set(self.channel_sids.tolist())) != len(channels):
             raise CatalogError("two channel names have the same 16-bit contact id; rename one")
-        self.horizon_ms = max((p.window_ms for p in self.policies), default=0)
         # per contact kind, how long a policy may still count it (older: dropped)
         self.horizons = np.zeros(len(OUTCOMES) + 1, dtype=np.int64)
         for p in self.policies:

@@ -102,8 +102,9 @@ def refresh(segments: SegmentSet, record: ProfileRecord) -> tuple[list[str], lis
 
 def fill_slots(inputs, attributes: dict, counters: dict, segments, slots: np.ndarray) -> None:
     """Put a profile's values into the rule slots ``inputs`` names ((namespace, name,
-    slot, type) each): ``slot_value``'s conversions, written out, because this runs on
-    every decision and every profile write."""
+    slot, type) each), because this runs on every decision and every profile write. A
+    missing value, or one of another type than the catalog declares (stored before it
+    was declared), reads as missing (NaN); strings become their ``string_id``."""
     for namespace, name, slot, ftype in inputs:
         if namespace == "counter":
             v = counters.get(name, 0.0)
@@ -120,15 +121,3 @@ def fill_slots(inputs, attributes: dict, counters: dict, segments, slots: np.nda
                 slots[slot] = string_id(v) if t is str else _NAN
             else:
                 slots[slot] = (1.0 if v else 0.0) if t is bool else _NAN
-
-
-def slot_value(v, ftype: str) -> float:
-    """A stored attribute as a rule slot value; a missing value, or one of another type
-    than the catalog declares (stored before it was declared), reads as missing."""
-    if v is None:
-        return _NAN
-    if ftype == "string":
-        return string_id(v) if isinstance(v, str) else _NAN
-    if ftype == "bool":
-        return float(v) if isinstance(v, bool) else _NAN
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _NAN

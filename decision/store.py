@@ -254,8 +254,7 @@ class ProfileStore:
 
     def published_catalog(self) -> str | None:
         with self.reader() as r:
-            raw = r.meta(b"catalog_version")
-        return None if raw is None else raw.decode("utf-8", "replace")
+            return self.published_catalog_in(r._txn)
 
     def published_catalog_in(self, txn: lmdb.Transaction) -> str | None:
         raw = txn.get(b"catalog_version", db=self.meta_db)
