@@ -23,13 +23,11 @@ def test_kernel_scoring_1000_offers(benchmark, engine, rng=np.random.default_rng
     slots = np.full(catalog.fields.size, np.nan)
     for name, f in catalog.context_fields.items():
         slots[f.slot] = 1.0
-    args = (catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
-            catalog.offer_window, catalog.offer_value, catalog.offer_order, catalog.weights,
-            catalog.bias, x,
-            np.int64(1), np.int64(0), 1.8e9, 5, 3, NO_CONTACTS, catalog.policies.arrays)
-    chosen = benchmark.pedantic(decide_offers, args=args, rounds=20_000, iterations=1,
-                                warmup_rounds=500)[0]
-    assert len(chosen) == 5
+    args = (catalog.code, catalog.consts, slots, tuple(catalog.visit), x, np.int64(1),
+            np.int64(0), 1.8e9, 5, 3, NO_CONTACTS, catalog.policies.arrays)
+    ranked = benchmark.pedantic(decide_offers, args=args, rounds=20_000, iterations=1,
+                                warmup_rounds=500)[1]
+    assert len(ranked) == 5
     p = percentiles(np.asarray(benchmark.stats.stats.data) * 1e9)
     record("kernel: decide_offers 1000x32", "p50", p["p50"], BUDGET_P99_US, "us")
     record("kernel: decide_offers 1000x32", "p99", p["p99"], BUDGET_P99_US, "us")

@@ -146,11 +146,9 @@ def _run(engine, active, spec, out, fmt, channel_bit, placement_bit, base, progr
                desc=f"campaign {spec.segment} -> {spec.channel}", unit_scale=True)
 
     def rank(chunk: _Chunk):
-        return decide_batch(
-            catalog.code, catalog.programs, catalog.consts, chunk.slots, catalog.offer_masks,
-            catalog.offer_window, catalog.offer_value, catalog.offer_order, catalog.weights,
-            catalog.bias, chunk.features, chunk.contacts, chunk.contact_start, channel_bit, placement_bit,
-            now, spec.limit, active.policies)
+        return decide_batch(catalog.code, catalog.consts, chunk.slots, active.visit,
+                            chunk.features, chunk.contacts, chunk.contact_start, channel_bit,
+                            placement_bit, now, spec.limit, active.policies)
 
     def rows_of(chunk: _Chunk, ranked, first: int) -> list[tuple]:
         chosen, score, prop, filled, _eligible = (a.tolist() for a in ranked)

@@ -83,6 +83,7 @@ from decision.policies import PolicySet
 from decision.rules import Field, FieldTable, ProgramBuilder
 from decision.segments import SegmentSet
 from decision.triggers import TriggerSet
+from kernels.decide import Visit, visit_plan
 
 MAX_BITS = 63  # channels and placements are bits of an int64 mask
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
@@ -127,7 +128,7 @@ class Catalog:
     offer_masks: np.ndarray  # int64[n, 2] channel, placement bits
     offer_window: np.ndarray  # float64[n, 2] valid from/until, epoch s
     offer_value: np.ndarray  # float64[n, 2] value, lever
-    offer_order: np.ndarray  # int32[n] offers by value x lever, highest first
+    visit: Visit  # the per-offer arrays in the kernels' visiting order
     weights: np.ndarray  # float32[n, F]
     bias: np.ndarray  # float64[n]
     profile_fields: tuple[Field, ...]  # profile/counter/segment fields offer rules read
@@ -230,16 +231,15 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
          for o in offers], dtype=np.int64)
     offer_window = np.array([[o.valid_from, o.valid_until] for o in offers], dtype=np.float64)
     offer_value = np.array([[o.value, o.lever] for o in offers], dtype=np.float64)
-    offer_order = value_order(offer_value)
     weights, bias = model.offer_arrays(offers)
 
     if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
         raise CatalogError("model: weights too large (a folded per-offer weight or bias is "
                            "not finite in float32); scale the features or the weights down")
-    arrays = (code, programs, consts, offer_masks, offer_window, offer_value, offer_order,
-              weights, bias)
+    arrays = (code, programs, consts, offer_masks, offer_window, offer_value, weights, bias)
     for array in arrays:
         array.flags.writeable = False  # a catalog version is immutable
+    visit = visit_plan(programs, offer_masks, offer_window, offer_value, weights, bias)
 
     label = doc.get("version")
     if label is not None and not isinstance(label, str):
@@ -250,7 +250,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         version=version, path=path, channels=channels, placements=placements,
         offers=tuple(offers), fields=fields, feature_names=feature_names,
         code=code, programs=programs, consts=consts, offer_masks=offer_masks,
-        offer_window=offer_window, offer_value=offer_value, offer_order=offer_order,
+        offer_window=offer_window, offer_value=offer_value, visit=visit,
         weights=weights, bias=bias,
         profile_fields=tuple(f for f in used if f.namespace != "context"),
         context_fields={f.name: f for f in used if f.namespace == "context"},
@@ -258,12 +258,6 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         offer_index={o: i for i, o in enumerate(offer_ids)},
         loaded_at_ms=int(time.time() * 1000),
     )
-
-
-def value_order(offer_value: np.ndarray) -> np.ndarray:
-    """Offer indices by value x lever, highest first (the kernel's visiting order)."""
-    bound = offer_value[:, 0] * offer_value[:, 1]
-    return np.argsort(-bound, kind="stable").astype(np.int32)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from decision.segments import refresh as refresh_segments
 from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, identity_key, profile_key_bytes
-from kernels.decide import decide_offers
+from kernels.decide import decide_each, decide_offers
 from kernels.eligibility import eligible_mask
 
 log = logging.getLogger("decision.engine")
@@ -86,18 +86,17 @@ class RankedOffer(NamedTuple):
 
 
 class Decision:
-    """One answer. The ranking stays as the kernel produced it (plain lists, index
-    order = rank order) so front ends can encode it without intermediate objects;
-    ``offers`` builds the ``RankedOffer`` view on demand."""
+    """One answer. The ranking stays as the kernel produced it: ``ranked``, one row per
+    offer, best first, ``[offer index, score, propensity, feature indices...,
+    feature weights...]`` (``N_FEATURE_REASONS`` of each; -1 = no feature), so front
+    ends encode it without intermediate objects; ``offers`` builds the
+    ``RankedOffer`` view on demand."""
 
     __slots__ = ("decision_id", "cold_start", "eligible_count", "catalog_version",
-                 "decided_at_ms", "prepared", "offer_index", "score", "propensity",
-                 "feature_index", "feature_weight", "deliver_at_ms", "timing", "removed")
+                 "decided_at_ms", "prepared", "ranked", "deliver_at_ms", "timing", "removed")
 
     def __init__(self, decision_id: str, cold_start: bool, eligible_count: int,
-                 decided_at_ms: int, prepared: "_Prepared", offer_index: list[int],
-                 score: list[float], propensity: list[float],
-                 feature_index: list[list[int]], feature_weight: list[list[float]],
+                 decided_at_ms: int, prepared: "_Prepared", ranked: list[list[float]],
                  deliver_at_ms: int, timing: str, removed: tuple = ()):
         self.decision_id = decision_id
         self.cold_start = cold_start
@@ -105,14 +104,14 @@ class Decision:
         self.catalog_version = prepared.catalog.version
         self.decided_at_ms = decided_at_ms
         self.prepared = prepared
-        self.offer_index = offer_index
-        self.score = score
-        self.propensity = propensity
-        self.feature_index = feature_index  # per ranked offer, -1 = no feature
-        self.feature_weight = feature_weight
+        self.ranked = ranked
         self.deliver_at_ms = deliver_at_ms  # = decided_at_ms on a channel answered now
         self.timing = timing  # "now", or why later (decision.pace)
         self.removed = removed  # explain: (offer index, Reason) a policy removed
+
+    @property
+    def offer_index(self) -> list[int]:
+        return [int(row[0]) for row in self.ranked]
 
     @property
     def removed_offers(self) -> tuple[tuple[Offer, "Reason"], ...]:
@@ -124,16 +123,17 @@ class Decision:
         prepared = self.prepared
         offers = prepared.catalog.offers
         names = prepared.catalog.feature_names
+        n = N_FEATURE_REASONS
         ranked = []
-        for r, i in enumerate(self.offer_index):
+        for r, row in enumerate(self.ranked):
+            i = int(row[0])
             if self.cold_start:
                 reasons = (prepared.eligible_reason[i], COLD_START)
             else:
                 reasons = (prepared.eligible_reason[i], *[
-                    Reason("FEATURE", names[j], w)
-                    for j, w in zip(self.feature_index[r], self.feature_weight[r]) if j >= 0])
-            ranked.append(RankedOffer(offers[i], r + 1, self.score[r], self.propensity[r],
-                                      reasons))
+                    Reason("FEATURE", names[int(j)], w)
+                    for j, w in zip(row[3:3 + n], row[3 + n:3 + 2 * n]) if j >= 0])
+            ranked.append(RankedOffer(offers[i], r + 1, row[1], row[2], reasons))
         return tuple(ranked)
 
 
@@ -187,7 +187,8 @@ class _Prepared:
 
     __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
                  "zero_features", "n_features", "n_slots", "profile_slots",
-                 "policies", "has_policies", "later", "policy_reasons", "context_plan")
+                 "policies", "has_policies", "later", "policy_reasons", "context_plan",
+                 "visit", "no_slots", "zone_attribute")
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -206,8 +207,12 @@ class _Prepared:
         self.profile_slots = tuple((f.namespace, f.name, f.slot, f.type)
                                    for f in catalog.profile_fields)
         self.policies = catalog.policies.arrays
+        self.visit = tuple(catalog.visit)  # a plain tuple: numba types it fastest
+        self.no_slots = [_NAN] * self.n_slots  # every slot missing, copied per request
         self.has_policies = bool(catalog.policies.policies)
         self.later = {c: p for c, p in catalog.pace.items() if p.later}
+        self.zone_attribute = {c: p.timezone_attribute for c, p in self.later.items()
+                               if p.timezone_attribute}
         self.policy_reasons = tuple(Reason("POLICY", p.describe())
                                     for p in catalog.policies.policies)
 
@@ -302,17 +307,17 @@ class Engine:
 
             c = self.catalog
             for kernel in (decide_batch, decide_batch_serial):
-                kernel(c.code, c.programs, c.consts, np.full((1, self._active.n_slots), _NAN),
-                       c.offer_masks, c.offer_window, c.offer_value, c.offer_order, c.weights,
-                       c.bias,
+                kernel(c.code, c.consts, np.full((1, self._active.n_slots), _NAN),
+                       self._active.visit,
                        np.zeros((1, self._active.n_features), dtype=np.float32),
                        np.zeros((0, 2), dtype=np.int64), np.zeros(2, dtype=np.int64),
                        1, 0, self.clock(), 1, self._active.policies)
 
     def _warm(self, prepared: _Prepared) -> None:
         prepared.catalog.segments.evaluate(ProfileRecord(key=0, features=prepared.zero_features))
-        channel = prepared.catalog.channels[0]
-        self._decide(prepared, DecideQuery(Identifier("customer_id", "\x00warm-up"), channel))
+        query = DecideQuery(Identifier("customer_id", "\x00warm-up"), prepared.catalog.channels[0])
+        self._decide(prepared, query)
+        self._decide_many(prepared, [query])
 
     # ------------------------------------------------------------- decide
     def decide(self, query: DecideQuery) -> Decision:
@@ -329,12 +334,15 @@ class Engine:
 
     def decide_many(self, queries: list[DecideQuery]) -> list[Decision]:
         """Several decisions at one instant, over one catalog version and one read
-        transaction (a page with several placements, or several customers). Every
-        query is checked first; an invalid one fails the call, naming its index."""
+        transaction (a page with several placements, or several customers), ranked
+        in one kernel call (``decide_each``). Every query is checked first; an
+        invalid one fails the call, naming its index."""
         if not 1 <= len(queries) <= self.limits.max_batch:
             raise InvalidArgument(f"requests: 1 to {self.limits.max_batch} decisions per "
                                   f"call (max_batch), got {len(queries)}")
-        active = self._active
+        return self._decide_many(self._active, queries)
+
+    def _decide_many(self, active: _Prepared, queries: list[DecideQuery]) -> list[Decision]:
         checked = []
         for n, query in enumerate(queries):
             try:
@@ -342,78 +350,114 @@ class Engine:
             except DecisionError as exc:
                 raise type(exc)(f"requests[{n}].{exc}") from None
         now = self.clock()
-        out = []
+        m = len(queries)
+        features = np.zeros((m, active.n_features), dtype=np.float32)
+        histories = []
+        profiles = []  # (buf is None, the profile's zone or None) per query
         with self.store.reader() as reader:
-            for query, (kind, value, channel_bit, placement_bit, k, slots) in zip(queries,
-                                                                                   checked):
+            if any(q.explain for q in queries):  # explain's removed offers: one by one
+                return [self._rank(active, q.channel, bit, place, k, slots, key, buf, now,
+                                   q.explain)
+                        for q, (kind, value, bit, place, k, slots) in zip(queries, checked)
+                        for key in (reader.resolve(kind, value),)
+                        for buf in (None if key is None else reader.profile_buffer(key),)]
+            for c, (query, (kind, value, _, _, _, slots)) in enumerate(zip(queries, checked)):
                 key = reader.resolve(kind, value)
                 buf = None if key is None else reader.profile_buffer(key)
-                out.append(self._rank(active, query.channel, channel_bit, placement_bit, k,
-                                      slots, key, buf, now, query.explain))
-        return out
+                x, contacts, zone = self._read_profile(active, query.channel, key, buf, slots)
+                if buf is not None:
+                    features[c] = x
+                    if contacts.shape[0]:
+                        histories.append((c, contacts.copy()))
+                profiles.append((buf is None, zone))
+        starts = np.zeros(m + 1, dtype=np.int64)
+        for c, h in histories:
+            starts[c + 1] = h.shape[0]
+        np.cumsum(starts, out=starts)
+        flat = (np.concatenate([h for _, h in histories]) if histories  # writable either
+                else np.zeros((0, 2), dtype=np.int64))  # way: one kernel signature
+        eligible, filled, ranked = decide_each(
+            active.catalog.code, active.catalog.consts,
+            np.array([slots for *_, slots in checked], dtype=np.float64), active.visit,
+            features, flat, starts, np.array([c[2] for c in checked], dtype=np.int64),
+            np.array([c[3] for c in checked], dtype=np.int64), now,
+            np.array([c[4] for c in checked], dtype=np.int64), N_FEATURE_REASONS,
+            active.policies)
+        eligible, filled, ranked = eligible.tolist(), filled.tolist(), ranked.tolist()
+        return [self._answer(active, query.channel, now, cold, zone, eligible[c],
+                             ranked[c][:filled[c]], ())
+                for c, (query, (cold, zone)) in enumerate(zip(queries, profiles))]
 
     def _request(self, active: _Prepared, query: DecideQuery) -> tuple:
         """Check a query against the catalog and the limits; return (identifier kind,
-        value, channel bit, placement bit, k, the rule slots with the context filled)."""
-        catalog = active.catalog
+        value, channel bit, placement bit, k, the rule slots with the context filled:
+        a list, turned into an array once the profile's slots are in)."""
         limits = self.limits
         kind, value = self._identifier(query.customer, "customer")
         channel_bit = active.channel_bits.get(query.channel)
         if channel_bit is None:
-            _unknown_channel(catalog, query.channel)
+            _unknown_channel(active.catalog, query.channel)
         placement_bit = 0
         if query.placement:
             placement_bit = active.placement_bits.get(query.placement)
             if placement_bit is None:
-                _unknown_placement(catalog, query.placement)
+                _unknown_placement(active.catalog, query.placement)
         k = limits.default_offers if query.limit is None else query.limit
         if not 1 <= k <= limits.max_offers:
             raise InvalidArgument(f"limit: must be between 1 and {limits.max_offers}, got {k}")
-        slots = np.full(active.n_slots, _NAN)
-        self._fill_context(active, query.context, slots)
+        slots = active.no_slots.copy()
+        if query.context:
+            self._fill_context(active, query.context, slots)
         return kind, value, channel_bit, placement_bit, k, slots
 
+    def _read_profile(self, active: _Prepared, channel: str, key: int | None, buf,
+                      slots: list) -> tuple:
+        """From a profile value ``buf`` (None: cold start), read in place in a
+        transaction the caller holds: (features, contacts, the customer's time zone
+        when the channel's pace needs it); the profile's rule slots go into ``slots``."""
+        if buf is None:
+            return active.zero_features, layout.NO_CONTACTS, None
+        n_features, n_contacts, tail_at = layout.read_head(buf, key, active.n_features)
+        x = layout.feature_view(buf, n_features)
+        contacts = layout.NO_CONTACTS
+        if n_contacts and active.has_policies:
+            contacts = layout.contacts_view(buf, n_features, n_contacts)
+        zone_attribute = active.zone_attribute.get(channel)
+        if active.profile_slots or zone_attribute:
+            tail = layout.decode_tail(buf, n_features, key, tail_at)
+            fill_profile_slots(active.profile_slots, tail, slots)
+            if zone_attribute:
+                zone = tail["a"].get(zone_attribute)
+                return x, contacts, zone if isinstance(zone, str) else None
+        return x, contacts, None
+
     def _rank(self, active: _Prepared, channel: str, channel_bit: int, placement_bit: int,
-              k: int, slots: np.ndarray, key: int | None, buf, now: float,
+              k: int, slots: list, key: int | None, buf, now: float,
               explain: bool = False) -> Decision:
         """Decide over a profile value ``buf`` (None: cold start) read in a transaction
         the caller holds: the kernel call and the answer around it."""
         catalog = active.catalog
-        contacts = layout.NO_CONTACTS
-        tail = None
-        if buf is None:
-            x = active.zero_features
-        else:
-            n_features, n_contacts, tail_at = layout.read_head(buf, key, active.n_features)
-            x = layout.feature_view(buf, n_features)
-            if n_contacts and active.has_policies:
-                contacts = layout.contacts_view(buf, n_features, n_contacts)
-            if active.profile_slots:
-                tail = layout.decode_tail(buf, n_features, key, tail_at)
-                fill_profile_slots(active.profile_slots, tail, slots)
-        chosen, score, prop, eligible, r_feature, r_weight, blocked = decide_offers(
-            catalog.code, catalog.programs, catalog.consts, slots, catalog.offer_masks,
-            catalog.offer_window, catalog.offer_value, catalog.offer_order, catalog.weights,
-            catalog.bias, x,
-            channel_bit, placement_bit, now, k, N_FEATURE_REASONS, contacts, active.policies)
+        x, contacts, zone = self._read_profile(active, channel, key, buf, slots)
+        slots = np.array(slots, dtype=np.float64)
+        eligible, ranked, blocked = decide_offers(
+            catalog.code, catalog.consts, slots, active.visit, x, channel_bit, placement_bit, now,
+            k, N_FEATURE_REASONS, contacts, active.policies)
+        removed = ()
+        if explain and active.has_policies:
+            removed = self._removed(active, slots, channel_bit, placement_bit, now, blocked)
+        return self._answer(active, channel, now, buf is None, zone, eligible, ranked.tolist(),
+                            removed)
+
+    def _answer(self, active: _Prepared, channel: str, now: float, cold: bool, zone,
+                eligible: int, ranked: list, removed: tuple) -> Decision:
+        """The ``Decision`` for the kernel's ``ranked`` rows, with its delivery time."""
         decided_ms = int(now * 1000)
         deliver_at_ms, timing = decided_ms, "now"
         pace = active.later.get(channel)
         if pace is not None:
-            zone = None
-            if pace.timezone_attribute and buf is not None:
-                if tail is None:
-                    tail = layout.decode_tail(buf, n_features, key, tail_at)
-                zone = tail["a"].get(pace.timezone_attribute)
-            deliver_at_ms, timing = pace.deliver_at(decided_ms, zone if isinstance(zone, str)
-                                                    else None)
-        removed = ()
-        if explain and active.has_policies:
-            removed = self._removed(active, slots, channel_bit, placement_bit, now, blocked)
-        return Decision(
-            _decision_id(now), buf is None, int(eligible), decided_ms, active,
-            chosen.tolist(), score.tolist(), prop.tolist(), r_feature.tolist(),
-            r_weight.tolist(), deliver_at_ms, timing, removed)
+            deliver_at_ms, timing = pace.deliver_at(decided_ms, zone)
+        return Decision(_decision_id(now), cold, eligible, decided_ms, active, ranked,
+                        deliver_at_ms, timing, removed)
 
     def _removed(self, active: _Prepared, slots, channel_bit, placement_bit, now,
                  blocked: np.ndarray) -> tuple:
@@ -749,13 +793,12 @@ class Engine:
     def _action_decision(self, active: _Prepared, spec, key: int, raw, now: float) -> dict:
         d = self._rank(active, spec.channel, active.channel_bits[spec.channel],
                        active.placement_bits.get(spec.placement, 0), spec.limit,
-                       np.full(active.n_slots, _NAN), key, raw, now)
+                       active.no_slots.copy(), key, raw, now)
         offers = active.catalog.offers
         return {"id": d.decision_id, "channel": spec.channel, "placement": spec.placement,
                 "eligible": d.eligible_count, "catalog": active.catalog.version,
                 "deliver_at_ms": d.deliver_at_ms, "timing": d.timing,
-                "offers": [[offers[i].id, s, p] for i, s, p in
-                           zip(d.offer_index, d.score, d.propensity)]}
+                "offers": [[offers[int(row[0])].id, row[1], row[2]] for row in d.ranked]}
 
     def list_offers(self, channel: str = "", placement: str = "") -> tuple[Catalog, list[Offer]]:
         """The active catalog and its offers for a channel/placement (one snapshot)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 from decision.catalog import Catalog
-from decision.engine import COLD_START, Decision
+from decision.engine import COLD_START, N_FEATURE_REASONS, Decision
 from decision.v1 import decision_pb2 as pb
 
 _DOUBLE = struct.Struct("<d").pack
@@ -102,16 +102,18 @@ def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
     static = enc.offer_static
     prefix = enc.feature_prefix
     cold = d.cold_start
-    for r, i in enumerate(d.offer_index):
-        body = [static[i], _T_RANK, varint(r + 1), _T_SCORE, _DOUBLE(d.score[r]),
-                _T_PROPENSITY, _DOUBLE(d.propensity[r])]
+    n = N_FEATURE_REASONS
+    for r, row in enumerate(d.ranked):
+        body = [static[int(row[0])], _T_RANK, varint(r + 1), _T_SCORE, _DOUBLE(row[1]),
+                _T_PROPENSITY, _DOUBLE(row[2])]
         if cold:
             body.append(_COLD_REASON)
         else:
-            for j, w in zip(d.feature_index[r], d.feature_weight[r]):
+            for q in range(3, 3 + n):
+                j = row[q]
                 if j >= 0:
-                    body.append(prefix[j])
-                    body.append(_DOUBLE(w))
+                    body.append(prefix[int(j)])
+                    body.append(_DOUBLE(row[q + n]))
         offer = b"".join(body)
         parts += (_T_OFFERS, varint(len(offer)), offer)
     if cold:

@@ -167,15 +167,18 @@ def test_corrupt_profile_is_a_clear_error_for_that_customer_only(stub, running, 
 
 def test_nothing_compiles_on_the_request_path(stub, alice):
     """Warm-up covers every kernel signature requests use (cold start, stored
-    profile, with and without placement)."""
-    from kernels.decide import decide_offers
+    profile, with and without placement, one by one and in batches)."""
+    from kernels.decide import decide_each, decide_offers
 
-    before = len(decide_offers.signatures)
-    for who in ("alice", "nobody"):
-        for placement in ("", "home_hero"):
-            stub.Decide(pb.DecideRequest(customer=ident(who), channel="web", limit=7,
-                                         placement=placement, context={"basket": num(3)}))
-    assert len(decide_offers.signatures) == before
+    before = len(decide_offers.signatures), len(decide_each.signatures)
+    requests = [pb.DecideRequest(customer=ident(who), channel="web", limit=7,
+                                 placement=placement, context={"basket": num(3)})
+                for who in ("alice", "nobody") for placement in ("", "home_hero")]
+    for request in requests:
+        stub.Decide(request)
+    stub.DecideBatch(pb.DecideBatchRequest(requests=requests))
+    stub.DecideBatch(pb.DecideBatchRequest(requests=requests[1:2]))
+    assert (len(decide_offers.signatures), len(decide_each.signatures)) == before
 
 
 def _store_raw(running, key: int, record_bytes: bytes, identifier: str) -> None:

@@ -19,10 +19,9 @@ import pytest
 
 from decision.rules import FieldTable, ProgramBuilder, string_id
 from kernels import eligibility as vm
-from decision.catalog import value_order
 from decision.layout import NO_CONTACTS
 from decision.policies import OUTCOMES, PolicySet, contact_tag
-from kernels.decide import decide_batch, decide_batch_serial, decide_offers
+from kernels.decide import decide_batch, decide_batch_serial, decide_offers, visit_plan
 from kernels.policies import contact_blocks, contact_blocks_reference
 from kernels.eligibility import eligible_mask, eligible_mask_reference
 from kernels.scoring import (
@@ -519,10 +518,17 @@ def composed(code, programs, consts, slots, masks, window, offer_value, weights,
     return chosen, s[chosen], p[chosen], int(mask.sum()), r_feature, r_weight
 
 
-def fused(code, programs, consts, slots, masks, window, offer_value, weights, bias, x, *rest):
-    """``decide_offers`` with the visiting order the catalog computes."""
-    return decide_offers(code, programs, consts, slots, masks, window, offer_value,
-                         value_order(offer_value), weights, bias, x, *rest)
+def fused(code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
+          channel_bit, placement_bit, now, k, n_reasons, contacts, policies):
+    """``decide_offers`` over the visiting order the catalog computes, its packed rows
+    unpacked to (chosen, score, propensity, eligible, reason features, reason weights,
+    blocked) like the composition's."""
+    visit = tuple(visit_plan(programs, masks, window, offer_value, weights, bias))
+    eligible, ranked, blocked = decide_offers(code, consts, slots, visit, x, channel_bit,
+                                              placement_bit, now, k, n_reasons, contacts,
+                                              policies)
+    return (ranked[:, 0].astype(np.int32), ranked[:, 1], ranked[:, 2], eligible,
+            ranked[:, 3:3 + n_reasons].astype(np.int32), ranked[:, 3 + n_reasons:], blocked)
 
 
 def no_policies(n: int) -> tuple:
@@ -734,9 +740,9 @@ def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng):
     assert blocked_any, "the random policies never blocked anything: a degenerate test"
     starts = np.cumsum([0] + [len(h) for h in histories]).astype(np.int64)
     flat = np.ascontiguousarray(np.concatenate(histories).reshape(-1, 2))
-    batch_args = (code, programs, consts, np.stack(rows_slots), masks, window, offer_value,
-                  value_order(offer_value), weights, bias, np.stack(rows_x), flat, starts, channel_bit, 0, NOW, k,
-                  policies.arrays)
+    visit = tuple(visit_plan(programs, masks, window, offer_value, weights, bias))
+    batch_args = (code, consts, np.stack(rows_slots), visit, np.stack(rows_x), flat, starts,
+                  channel_bit, 0, NOW, k, policies.arrays)
     for kernel in (decide_batch, decide_batch_serial):
         chosen_b, score_b, prop_b, filled, eligible_b = quiet(kernel, *batch_args)
         for c in range(m):
