@@ -137,7 +137,6 @@ class ProgramBuilder:
         if result_type != "bool":
             del self.code[start:]
             raise RuleError(f"rule `{text}`: must be true or false, but is a {result_type}")
-        self.code[start:] = _fuse(self.code[start:])
         self.used |= compiler.used
         self._compiled[text.strip()] = (start, len(self.code))
         return start, len(self.code)
@@ -148,23 +147,8 @@ class ProgramBuilder:
         return np.ascontiguousarray(code), consts
 
 
-_COMPARES = {vm.EQ, vm.NE, vm.LT, vm.LE, vm.GT, vm.GE}
-
-
-def _fuse(rows: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Peephole: PUSH_SLOT a, PUSH_CONST b, <compare> -> one SC_<compare> (a, b) row.
-    A program is postfix, so the three rows always form one sub-expression."""
-    out = []
-    i = 0
-    while i < len(rows):
-        if (i + 2 < len(rows) and rows[i][0] == vm.PUSH_SLOT
-                and rows[i + 1][0] == vm.PUSH_CONST and rows[i + 2][0] in _COMPARES):
-            out.append((vm.SC_EQ + rows[i + 2][0] - vm.EQ, rows[i][1], rows[i + 1][1]))
-            i += 3
-        else:
-            out.append(rows[i])
-            i += 1
-    return out
+_YIELDS_BOOL = {vm.EQ, vm.NE, vm.LT, vm.LE, vm.GT, vm.GE, vm.AND, vm.OR, vm.NOT, vm.IN_SET,
+                vm.BOOL, vm.SC_EQ, vm.SC_NE, vm.SC_LT, vm.SC_LE, vm.SC_GT, vm.SC_GE}
 
 
 class _Compiler:
@@ -226,12 +210,7 @@ class _Compiler:
         if isinstance(node, ast.Attribute):
             return self.emit_field(node)
         if isinstance(node, ast.BoolOp):
-            op = vm.AND if isinstance(node.op, ast.And) else vm.OR
-            for i, value in enumerate(node.values):
-                self.expect(value, "bool", "operands of and/or")
-                if i:
-                    self.push(op, delta=-1)
-            return "bool"
+            return self.emit_bool_op(node)
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, ast.Not):
                 self.expect(node.operand, "bool", "the operand of not")
@@ -258,6 +237,24 @@ class _Compiler:
                       "counter.<name> or segment.<name>)"
             )
         raise self.fail(node, f"unsupported expression ({type(node).__name__})")
+
+    def emit_bool_op(self, node: ast.BoolOp) -> FieldType:
+        """``a and b and c``: a JUMP_FALSE(end) b JUMP_FALSE(end) c [BOOL], so the
+        kernel stops at the first operand that decides (``or``: JUMP_TRUE). The last
+        operand is made 0/1 unless it already is (a comparison, say)."""
+        jump = vm.JUMP_FALSE if isinstance(node.op, ast.And) else vm.JUMP_TRUE
+        jumps = []
+        for i, value in enumerate(node.values):
+            if i:
+                jumps.append(len(self.b.code))
+                self.push(jump, delta=-1)  # on the path that falls through
+            self.expect(value, "bool", "operands of and/or")
+        if self.b.code[-1][0] not in _YIELDS_BOOL:
+            self.push(vm.BOOL, delta=0)
+        end = len(self.b.code)
+        for row in jumps:
+            self.b.code[row] = (jump, end, 0)
+        return "bool"
 
     def expect(self, node: ast.AST, wanted: FieldType, what: str) -> None:
         got = self.emit(node)
@@ -290,17 +287,30 @@ class _Compiler:
                           ast.Gt: ">", ast.GtE: ">="}.get(type(op))
                 if symbol is None:
                     raise self.fail(node, "unsupported comparison (use == != < <= > >= in)")
+                before = len(self.b.code)
                 lt = self.emit(left)
+                middle = len(self.b.code)
                 rt = self.emit(right)
                 if lt != rt:
                     raise self.fail(node, f"cannot compare {lt} with {rt} using {symbol}")
                 if symbol not in ("==", "!=") and lt != "number":
                     raise self.fail(node, f"{symbol} compares numbers, not {lt}s")
                 self.push(vm.BINARY_COMPARE[symbol], delta=-1)
+                self.fuse(before, middle)
             if i:
                 self.push(vm.AND, delta=-1)
             left = right
         return "bool"
+
+    def fuse(self, before: int, middle: int) -> None:
+        """A field compared with a literal (rows PUSH_SLOT a, PUSH_CONST b, compare,
+        one row per operand) becomes one SC_<compare> (a, b) row: most conditions
+        are that. Done as rows are emitted, so jump targets stay right."""
+        code = self.b.code
+        if (middle - before == 1 and len(code) - middle == 2 and code[before][0] == vm.PUSH_SLOT
+                and code[middle][0] == vm.PUSH_CONST):
+            op = code[-1][0]
+            code[before:] = [(vm.SC_EQ + op - vm.EQ, code[before][1], code[middle][1])]
 
     def emit_membership(self, left: ast.AST, right: ast.AST, negate: bool) -> None:
         if not isinstance(right, (ast.List, ast.Tuple, ast.Set)) or not right.elts:

@@ -37,7 +37,16 @@ NEG         pop x, push -x
 IN_SET      pop x, push x in ``consts[a:a + b]``
 SC_EQ..     push (``slots[a]`` op ``consts[b]``): the compiler's fusion of
  SC_GE      PUSH_SLOT a, PUSH_CONST b, EQ..GE (most conditions: one row, not three)
+JUMP_FALSE  if the top is falsy, make it 0 and go to row ``a``; else pop it
+JUMP_TRUE   if the top is truthy, make it 1 and go to row ``a``; else pop it
+BOOL        make the top 1 if truthy, else 0
 =========== ======================================================================
+
+``and`` and ``or`` compile to the jumps: ``a and b and c`` is
+``a JUMP_FALSE(end) b JUMP_FALSE(end) c BOOL``, so a rule stops at its first false
+condition (``AND`` and ``OR`` remain for chained comparisons such as ``1 <= x < 3``).
+Jump targets are absolute rows of ``code`` and never point backwards: a program
+always ends.
 
 Cost: O(instructions of the distinct programs reached) per request.
 """
@@ -70,6 +79,9 @@ SC_LT = 19
 SC_LE = 20
 SC_GT = 21
 SC_GE = 22
+JUMP_FALSE = 23
+JUMP_TRUE = 24
+BOOL = 25
 
 MAX_STACK = 32
 
@@ -88,26 +100,36 @@ def run_program(code, start, end, consts, slots, stack):
     if start == end:
         return True
     sp = 0
-    for pc in range(start, end):
+    pc = start
+    while pc < end:
         op = code[pc, 0]
         a = code[pc, 1]
+        pc += 1
         if op >= SC_EQ:
-            x = slots[a]
-            y = consts[code[pc, 2]]
-            if op == SC_EQ:
-                r = 1.0 if x == y else 0.0
-            elif op == SC_NE:
-                r = 1.0 if x != y else 0.0
-            elif op == SC_LT:
-                r = 1.0 if x < y else 0.0
-            elif op == SC_LE:
-                r = 1.0 if x <= y else 0.0
-            elif op == SC_GT:
-                r = 1.0 if x > y else 0.0
+            if op <= SC_GE:
+                x = slots[a]
+                y = consts[code[pc - 1, 2]]
+                if op == SC_EQ:
+                    r = 1.0 if x == y else 0.0
+                elif op == SC_NE:
+                    r = 1.0 if x != y else 0.0
+                elif op == SC_LT:
+                    r = 1.0 if x < y else 0.0
+                elif op == SC_LE:
+                    r = 1.0 if x <= y else 0.0
+                elif op == SC_GT:
+                    r = 1.0 if x > y else 0.0
+                else:
+                    r = 1.0 if x >= y else 0.0
+                stack[sp] = r
+                sp += 1
+            elif op == BOOL:
+                stack[sp - 1] = 1.0 if _truthy(stack[sp - 1]) else 0.0
+            elif _truthy(stack[sp - 1]) == (op == JUMP_TRUE):  # decided: skip the rest
+                stack[sp - 1] = 1.0 if op == JUMP_TRUE else 0.0
+                pc = a
             else:
-                r = 1.0 if x >= y else 0.0
-            stack[sp] = r
-            sp += 1
+                sp -= 1
         elif op == PUSH_SLOT:
             stack[sp] = slots[a]
             sp += 1
@@ -121,7 +143,7 @@ def run_program(code, start, end, consts, slots, stack):
         elif op == IN_SET:
             x = stack[sp - 1]
             hit = 0.0
-            for j in range(a, a + code[pc, 2]):
+            for j in range(a, a + code[pc - 1, 2]):
                 if consts[j] == x:
                     hit = 1.0
                     break
@@ -248,8 +270,19 @@ def eligible_mask_reference(code, programs, consts, slots, offer_masks, offer_wi
         if not offer_window[i, 0] <= now < offer_window[i, 1]:
             continue
         stack: list[float] = []
-        for op, a, b in code[programs[i, 0]:programs[i, 1]]:
-            if op >= SC_EQ:  # PUSH_SLOT a, PUSH_CONST b, EQ + (op - SC_EQ)
+        pc, end = int(programs[i, 0]), int(programs[i, 1])
+        while pc < end:
+            op, a, b = (int(v) for v in code[pc])
+            pc += 1
+            if op == JUMP_FALSE or op == JUMP_TRUE:
+                if truthy(stack[-1]) == (op == JUMP_TRUE):  # decided: skip the rest
+                    stack[-1] = 1.0 if op == JUMP_TRUE else 0.0
+                    pc = a
+                else:
+                    stack.pop()
+            elif op == BOOL:
+                stack.append(1.0 if truthy(stack.pop()) else 0.0)
+            elif op >= SC_EQ:  # PUSH_SLOT a, PUSH_CONST b, EQ + (op - SC_EQ)
                 stack.append(float(ops[EQ + op - SC_EQ](float(slots[a]), float(consts[b]))))
             elif op == PUSH_SLOT:
                 stack.append(float(slots[a]))

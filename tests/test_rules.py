@@ -430,7 +430,12 @@ def test_names_other_than_profile_and_context(rule, fragment):
 def test_too_deeply_nested():
     rule = f"{nested_sum(MAX_STACK + 1)} == {MAX_STACK + 1}"
     reject(rule, "too deeply nested", f"more than {MAX_STACK} operands")
-    reject(f"profile.vip and {nested_sum(MAX_STACK)} > 0", "too deeply nested")
+    reject(f"profile.vip and {nested_sum(MAX_STACK + 1)} > 0", "too deeply nested")
+    # ``and`` pops its decided operand before the next one runs: it costs no depth
+    deepest = f"{nested_sum(MAX_STACK)} == {MAX_STACK}"
+    assert evaluate(f"profile.vip and {deepest}", profile__vip=True) is True
+    assert evaluate(f"profile.vip and {deepest}", profile__vip=False) is False
+    assert evaluate(f"profile.vip or {deepest}") is True  # missing vip: the sum decides
 
 
 @pytest.mark.parametrize("rule", [
