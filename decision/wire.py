@@ -35,6 +35,12 @@ def _tag(field, wire_type: int) -> bytes:
 
 
 def varint(n: int) -> bytes:
+    if 0 <= n < _SMALL:
+        return _VARINTS[n]
+    return _varint(n)
+
+
+def _varint(n: int) -> bytes:
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -43,6 +49,10 @@ def varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_SMALL = 1 << 14  # two varint bytes: every rank, count and offer length in practice
+_VARINTS = [_varint(n) for n in range(_SMALL)]  # a lookup instead of a loop per call
 
 
 def field_tag(field) -> bytes:
@@ -70,6 +80,9 @@ _T_SCORE = _tag(_O["score"], _I64)
 _T_PROPENSITY = _tag(_O["propensity"], _I64)
 _T_REASON = _tag(_O["reasons"], _LEN)
 _T_WEIGHT = _tag(_R["weight"], _I64)
+# score and propensity: both one-byte tags, packed with their doubles in one call
+_SCORE_PROPENSITY = struct.Struct(f"<{len(_T_SCORE)}sd{len(_T_PROPENSITY)}sd").pack
+_RANKS = [_T_RANK + _varint(r) for r in range(1, 1001)]  # rank r + 1 at [r]
 _COLD_REASON = _length_delimited(_T_REASON, pb.Reason(
     code=COLD_START.code, detail=COLD_START.detail).SerializeToString())
 
@@ -104,8 +117,8 @@ def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
     cold = d.cold_start
     n = N_FEATURE_REASONS
     for r, row in enumerate(d.ranked):
-        body = [static[int(row[0])], _T_RANK, varint(r + 1), _T_SCORE, _DOUBLE(row[1]),
-                _T_PROPENSITY, _DOUBLE(row[2])]
+        body = [static[int(row[0])], _RANKS[r] if r < 1000 else _T_RANK + varint(r + 1),
+                _SCORE_PROPENSITY(_T_SCORE, row[1], _T_PROPENSITY, row[2])]
         if cold:
             body.append(_COLD_REASON)
         else:
@@ -118,8 +131,10 @@ def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
         parts += (_T_OFFERS, varint(len(offer)), offer)
     if cold:
         parts.append(_COLD_START)
-    parts += (_T_ELIGIBLE_COUNT, varint(d.eligible_count), enc.version, _T_DECIDED_AT,
-              varint(d.decided_at_ms), _T_DELIVER_AT, varint(d.deliver_at_ms))
+    decided = varint(d.decided_at_ms)
+    parts += (_T_ELIGIBLE_COUNT, varint(d.eligible_count), enc.version, _T_DECIDED_AT, decided,
+              _T_DELIVER_AT, decided if d.deliver_at_ms == d.decided_at_ms
+              else varint(d.deliver_at_ms))
     if d.timing == "now":
         parts.append(_TIMING_NOW)
     else:
