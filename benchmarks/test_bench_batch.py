@@ -4,9 +4,10 @@ the real server process, one call in flight. The 100 requests are for 100 differ
 customers (no profile read or rule shared between them: the costly case).
 
 Budget (issue 6): <= 20 us per decision. It does not hold yet on the 2-core reference
-machine (measured ~30 us; benchmarks/README.md, "Where the time goes"), so by default
-the benchmark fails only past twice that (a regression guard) and shows the figure
-against the 20 us budget in the table; DECISION_LOAD_BUDGETS=1 enforces 20 us.
+machine (measured 53-58 us over gRPC, of which the engine ~31 and the reply encoding
+~7.5; benchmarks/README.md, "DecideBatch"), so by default the benchmark fails only
+past a regression guard of 80 us, and shows the figure against the 20 us budget in
+the table; DECISION_LOAD_BUDGETS=1 enforces 20 us.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from decision.v1 import decision_pb2_grpc as pb_grpc
 PER_CALL = 100
 CALLS = 300
 BUDGET_US = 20.0
-GUARD_US = 2 * BUDGET_US
+GUARD_US = 80.0  # ~1.5x what it measures today: catches a regression
 
 
 def test_decide_batch_per_decision(benchmark, servers, queries):
