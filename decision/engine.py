@@ -353,29 +353,33 @@ class Engine:
         m = len(queries)
         features = np.zeros((m, active.n_features), dtype=np.float32)
         histories = []
-        profiles = []  # (buf is None, the profile's zone or None) per query
+        profiles = []  # per query: (buf is None, the profile's zone or None)
+        one_by_one = any(q.explain for q in queries)  # explain's removed offers
         with self.store.reader() as reader:
-            if any(q.explain for q in queries):  # explain's removed offers: one by one
-                return [self._rank(active, q.channel, bit, place, k, slots, key, buf, now,
-                                   q.explain)
-                        for q, (kind, value, bit, place, k, slots) in zip(queries, checked)
-                        for key in (reader.resolve(kind, value),)
-                        for buf in (None if key is None else reader.profile_buffer(key),)]
-            for c, (query, (kind, value, _, _, _, slots)) in enumerate(zip(queries, checked)):
+            for c, (query, (kind, value, bit, place, k, slots)) in enumerate(zip(queries,
+                                                                                 checked)):
                 key = reader.resolve(kind, value)
                 buf = None if key is None else reader.profile_buffer(key)
+                if one_by_one:
+                    profiles.append(self._rank(active, query.channel, bit, place, k, slots,
+                                               key, buf, now, query.explain))
+                    continue
                 x, contacts, zone = self._read_profile(active, query.channel, key, buf, slots)
                 if buf is not None:
                     features[c] = x
                     if contacts.shape[0]:
-                        histories.append((c, contacts.copy()))
+                        histories.append((c, contacts))
                 profiles.append((buf is None, zone))
-        starts = np.zeros(m + 1, dtype=np.int64)
-        for c, h in histories:
-            starts[c + 1] = h.shape[0]
-        np.cumsum(starts, out=starts)
-        flat = (np.concatenate([h for _, h in histories]) if histories  # writable either
-                else np.zeros((0, 2), dtype=np.int64))  # way: one kernel signature
+            if one_by_one:
+                return profiles
+            starts = np.zeros(m + 1, dtype=np.int64)
+            for c, h in histories:
+                starts[c + 1] = h.shape[0]
+            np.cumsum(starts, out=starts)
+            # copied out of the map before the transaction ends; writable either way,
+            # so the kernel has one signature
+            flat = (np.concatenate([h for _, h in histories]) if histories
+                    else np.zeros((0, 2), dtype=np.int64))
         eligible, filled, ranked = decide_each(
             active.catalog.code, active.catalog.consts,
             np.array([slots for *_, slots in checked], dtype=np.float64), active.visit,
