@@ -95,16 +95,20 @@ def engine(bench_settings) -> Engine:
     return e
 
 
-@pytest.fixture(scope="session")
-def queries() -> list[DecideQuery]:
+def demo_queries(n_customers: int = N_CUSTOMERS) -> list[DecideQuery]:
     """Realistic requests: skewed over customers, with a context the rules read."""
     rng = np.random.default_rng(3)
-    picks = (rng.zipf(1.3, 4096) % N_CUSTOMERS).tolist()
+    picks = (rng.zipf(1.3, 4096) % n_customers).tolist()
     devices = ["mobile", "desktop", "tablet", "kiosk"]
     return [DecideQuery(Identifier("customer_id", customer_id(i)), "web",
                         context={"country": "FR", "device": devices[i % 4], "page": "home",
                                  "language": "fr", "basket": float(i % 300)})
             for i in picks]
+
+
+@pytest.fixture(scope="session")
+def queries() -> list[DecideQuery]:
+    return demo_queries()
 
 
 def _free_port() -> int:

@@ -23,6 +23,9 @@ class EmptyDecisionServicer(pb_grpc.DecisionServiceServicer):
     def Decide(self, request, context):
         return _EMPTY_DECISION
 
+    def DecideBatch(self, request, context):
+        return pb.DecideBatchResponse(responses=[_EMPTY_DECISION] * len(request.requests))
+
     def Track(self, request, context):
         return _EMPTY_TRACK
 

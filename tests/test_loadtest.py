@@ -24,7 +24,7 @@ from decision.demo import ensure_demo
 from decision.loadtest import (
     Load, Target, Workload, max_rate_at, parse_mix, parse_skew, render, run_load,
 )
-from decision.loadtest.workload import WorkloadError, draw_customers
+from decision.loadtest.workload import Requests, WorkloadError, draw_customers
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, free_port
@@ -220,6 +220,19 @@ def test_workload_options_are_checked():
         parse_skew("zipf:-1")
 
 
+def test_decide_batch_requests_carry_batch_size_decisions():
+    requests = Requests(Workload(mix=parse_mix("decide_batch=1"), customers=300, batch_size=7))
+    seen = set()
+    for _ in range(50):
+        kind, msg = requests.next()
+        assert kind == "decide_batch" and len(msg.requests) == 7
+        assert all(r.channel == "web" and r.limit == 5 for r in msg.requests)
+        seen.update(r.customer.value for r in msg.requests)
+    assert len(seen) > 20  # the skewed draw's customers, not one repeated
+    with pytest.raises(WorkloadError, match="--batch-size"):
+        Workload(batch_size=0)
+
+
 def test_skew_sends_most_requests_to_a_few_customers():
     import numpy as np
 
@@ -246,12 +259,15 @@ def test_cli_against_a_real_server_with_the_floor(tmp_path):
         out, plots = tmp_path / "out.json", tmp_path / "plots"
         run = _cli("loadtest", "--address", server.address, "--rate", "300", "--duration",
                    "1.5", "--warmup", "0.5", "--customers", "2000", "--mix",
-                   "decide=80,track=10,get_profile=10", "--floor", "--json", str(out),
+                   "decide=70,decide_batch=10,track=10,get_profile=10", "--batch-size", "4",
+                   "--floor", "--json", str(out),
                    "--plots", str(plots), "--no-progress")
         assert run.returncode == 0, run.stderr
         result = json.loads(out.read_text())
-        # track and get_profile found every customer: no errors, each RPC answered
+        # track and get_profile found every customer: no errors, each RPC answered (the
+        # floor's DecideBatch too)
         assert result["error_count"] == 0 and result["floor"]["error_count"] == 0, result
+        assert set(result["by_rpc"]) == {"decide", "decide_batch", "track", "get_profile"}
         assert all(r["ok"] > 0 for r in result["by_rpc"].values())
         assert result["throughput_rps"] == pytest.approx(300, rel=0.2)
         assert result["requests"] == pytest.approx(450, abs=20)  # 1.5 s at 300/s measured

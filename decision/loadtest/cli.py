@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "seconds (default %(default)s)")
     g = p.add_argument_group("requests")
     g.add_argument("--mix", default="decide=100", help="RPC weights, e.g. "
-                   "decide=90,track=10; RPCs: decide, track, get_profile, list_offers, "
-                   "upsert_profile (default %(default)s)")
+                   "decide=90,track=10; RPCs: decide, decide_batch, track, get_profile, "
+                   "list_offers, upsert_profile (default %(default)s)")
     g.add_argument("--customers", type=int, default=100_000, help="customer ids C0000000 .. "
                    "(the demo data set's; default %(default)s)")
     g.add_argument("--skew", default="zipf:1.0", help="customer popularity: zipf:S, "
@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channel", default="web")
     g.add_argument("--placement", default="")
     g.add_argument("--limit", type=int, default=5, help="offers per Decide")
+    g.add_argument("--batch-size", type=int, default=100, help="decisions per DecideBatch "
+                   "call (mix decide_batch; default %(default)s)")
     g.add_argument("--context", action="append", default=None, metavar="KEY=VALUE",
                    help="Decide context entry (repeat); default: country, device, basket "
                    "varied per request")
@@ -90,6 +92,7 @@ def run(args, parse_context) -> int:
         workload = Workload(
             mix=parse_mix(args.mix), customers=args.customers, skew=parse_skew(args.skew),
             channel=args.channel, placement=args.placement, limit=args.limit,
+            batch_size=args.batch_size,
             context=parse_context(args.context) if args.context is not None else None,
             event_type=args.event_type,
             event_fields=(parse_context(args.event_field) if args.event_field is not None

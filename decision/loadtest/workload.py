@@ -19,9 +19,10 @@ from decision.v1 import decision_pb2 as pb
 
 #: RPCs the harness can drive, and the gRPC method each calls. Unary RPCs only: the
 #: streaming ones (TrackStream, WatchTriggers) have no per-request latency to speak of.
-KINDS = ("decide", "track", "get_profile", "list_offers", "upsert_profile")
-METHODS = {"decide": "Decide", "track": "Track", "get_profile": "GetProfile",
-           "list_offers": "ListOffers", "upsert_profile": "UpsertProfile"}
+KINDS = ("decide", "decide_batch", "track", "get_profile", "list_offers", "upsert_profile")
+METHODS = {"decide": "Decide", "decide_batch": "DecideBatch", "track": "Track",
+           "get_profile": "GetProfile", "list_offers": "ListOffers",
+           "upsert_profile": "UpsertProfile"}
 DEVICES = ("mobile", "desktop", "tablet", "kiosk")
 PAGES = ("home", "search", "cart", "checkout", "account")
 
@@ -105,6 +106,8 @@ class Workload:
     channel: str = "web"
     placement: str = ""
     limit: int = 5
+    #: decisions per DecideBatch call (consecutive customers of the draw)
+    batch_size: int = 100
     #: Decide context; None: a varied demo-like context (country, device, basket)
     context: dict | None = None
     event_type: str = "page_view"  #: Track events: the demo catalog's page_view
@@ -114,6 +117,8 @@ class Workload:
     def __post_init__(self) -> None:
         if self.customers < 1:
             raise WorkloadError(f"--customers must be >= 1, got {self.customers}")
+        if self.batch_size < 1:
+            raise WorkloadError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 def _value(v) -> pb.Value:
@@ -144,7 +149,10 @@ class Requests:
         self._customers = [pb.Identifier(kind="customer_id", value=customer_id(int(i)))
                            for i in picks]
         self._prefix = f"lt-{os.getpid()}-{process_index}-{rng.integers(1 << 30):x}-"
-        self._pools = {k: self._build(k, rng) for k in kinds}
+        self._pools = {k: self._build(k, rng) for k in kinds if k != "decide_batch"}
+        if "decide_batch" in kinds:
+            self._pools["decide_batch"] = self._batches(
+                self._pools.get("decide") or self._build("decide", rng))
         self._n = itertools.count()
 
     def _build(self, kind: str, rng) -> list:
@@ -170,11 +178,19 @@ class Requests:
                 out.append(pb.UpsertProfileRequest(identifiers=[who]))
         return out
 
+    def _batches(self, decides: list) -> list:
+        """DecideBatch requests of ``batch_size`` consecutive Decide requests each."""
+        size = self.workload.batch_size
+        return [pb.DecideBatchRequest(requests=[decides[(i + j) % self.POOL]
+                                                for j in range(size)])
+                for i in range(0, self.POOL, size)]
+
     def next(self) -> tuple[str, object]:
         n = next(self._n)
         i = n % self.POOL
         kind = self._kind_seq[i]
-        msg = self._pools[kind][(n // self.POOL + i) % self.POOL]
+        pool = self._pools[kind]
+        msg = pool[(n // self.POOL + i) % len(pool)]
         if kind == "track":  # safe: the client serialises a message as it sends it
             msg.event_id = f"{self._prefix}{n}"
         return kind, msg
