@@ -323,7 +323,7 @@ class _ChunkReader:
 
 
 def _fill_slots(profile_slots, tails: list[dict], slots: np.ndarray) -> None:
-    """The rule slots of every member, a column at a time (``engine.fill_profile_slots``
+    """The rule slots of every member, a column at a time (``segments.fill_slots``
     row by row, same conversions: a value of another type than declared is missing)."""
     nan = math.nan
     for namespace, name, slot, ftype in profile_slots:

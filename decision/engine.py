@@ -43,11 +43,11 @@ from decision.ingest import (
 from decision.layout import AttributeValue, ProfileRecord
 from decision.policies import trim_contacts
 from decision.rules import string_id
-from decision.segments import fill_slots
 from decision.segments import refresh as refresh_segments
 from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, identity_key, profile_key_bytes
+from decision.tails import TailMemo
 from kernels.decide import decide_each, decide_offers
 from kernels.eligibility import eligible_mask
 
@@ -188,7 +188,7 @@ class _Prepared:
     __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
                  "zero_features", "n_features", "n_slots", "profile_slots",
                  "policies", "has_policies", "later", "policy_reasons", "context_plan",
-                 "visit", "no_slots", "zone_attribute")
+                 "visit", "no_slots", "zone_index", "read_tail", "tails")
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -211,8 +211,13 @@ class _Prepared:
         self.no_slots = [_NAN] * self.n_slots  # every slot missing, copied per request
         self.has_policies = bool(catalog.policies.policies)
         self.later = {c: p for c, p in catalog.pace.items() if p.later}
-        self.zone_attribute = {c: p.timezone_attribute for c, p in self.later.items()
-                               if p.timezone_attribute}
+        zones = tuple(sorted({p.timezone_attribute for p in self.later.values()
+                              if p.timezone_attribute}))
+        # per channel paced in local time: the index of its zone attribute in ``tails``
+        self.zone_index = {c: zones.index(p.timezone_attribute)
+                           for c, p in self.later.items() if p.timezone_attribute}
+        self.read_tail = bool(self.profile_slots or zones)
+        self.tails = TailMemo(self.profile_slots, zones)
         self.policy_reasons = tuple(Reason("POLICY", p.describe())
                                     for p in catalog.policies.policies)
 
@@ -426,14 +431,15 @@ class Engine:
         contacts = layout.NO_CONTACTS
         if n_contacts and active.has_policies:
             contacts = layout.contacts_view(buf, n_features, n_contacts)
-        zone_attribute = active.zone_attribute.get(channel)
-        if active.profile_slots or zone_attribute:
-            tail = layout.decode_tail(buf, n_features, key, tail_at)
-            fill_profile_slots(active.profile_slots, tail, slots)
-            if zone_attribute:
-                zone = tail["a"].get(zone_attribute)
-                return x, contacts, zone if isinstance(zone, str) else None
-        return x, contacts, None
+        zone = None
+        if active.read_tail:
+            values, zones = active.tails.read(buf, key, n_features, tail_at)
+            for slot, v in zip(active.tails.slot_index, values):
+                slots[slot] = v
+            z = active.zone_index.get(channel)
+            if z is not None:
+                zone = zones[z]
+        return x, contacts, zone
 
     def _rank(self, active: _Prepared, channel: str, channel_bit: int, placement_bit: int,
               k: int, slots: list, key: int | None, buf, now: float,
@@ -659,7 +665,11 @@ class Engine:
             keys = {key, *record.merged_keys}  # records filed under merged profiles too
             return key, removed, store.delete_event_records(txn, keys)
 
-        return store.write(work)
+        key, removed, records = store.write(work)
+        # nothing of an erased customer kept in this process (other processes' memos
+        # never match a profile that is gone, and start afresh when full)
+        self._active.tails.forget(key)
+        return key, removed, records
 
     def _checked_attributes(self, attributes) -> dict[str, AttributeValue | None]:
         limits = self.limits
@@ -823,11 +833,6 @@ def _unknown_placement(catalog: Catalog, placement: str):
     raise InvalidArgument(
         f"placement: unknown placement {placement!r} "
         f"(known: {', '.join(catalog.placements) or 'none declared'})")
-
-
-def fill_profile_slots(profile_slots, tail: dict, slots: np.ndarray) -> None:
-    """The rule slots read from a stored profile: attributes, counters, segments."""
-    fill_slots(profile_slots, tail["a"], tail["c"], tail["s"], slots)
 
 
 def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:

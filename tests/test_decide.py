@@ -103,6 +103,14 @@ def test_next_decision_sees_a_profile_update(stub, alice):
     stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("alice")],
                                                attributes={"tier": num(1)}))
     assert "gold-upgrade" not in [o.offer_id for o in stub.Decide(ask).offers]
+    # back and forth: what a decision remembers of a profile (decision.tails) is only
+    # ever reused for the very bytes it was read from
+    for tier in (3, 1, 3, 0, 2, 1):
+        stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("alice")],
+                                                   attributes={"tier": num(tier)}))
+        for _ in range(2):
+            offers = [o.offer_id for o in stub.Decide(ask).offers]
+            assert ("gold-upgrade" in offers) == (tier >= 2), (tier, offers)
 
 
 @pytest.mark.parametrize("request_, field", [

@@ -186,3 +186,41 @@ def test_profiles_written_before_segments_existed_still_read(tmp_path):
         msgpack.packb({"a": {"tier": 2.0}, "c": {}, "i": [["customer_id", "old"]], "t": 1})
     record = layout.decode(value, 3)
     assert (record.segments, record.merged_keys, record.attributes) == ([], [], {"tier": 2.0})
+
+
+def test_tail_memo_reuses_only_identical_bytes():
+    """What a decision reads from a profile's tail is kept per key and reused only
+    while the stored bytes are the same; entries hold no object the GC walks."""
+    import gc
+    import math
+
+    from decision.rules import string_id
+    from decision.tails import TailMemo
+
+    slots = (("profile", "tier", 0, "number"), ("profile", "country", 2, "string"),
+             ("segment", "vip", 1, "bool"))
+    memo = TailMemo(slots, ("timezone",), limit=2)
+
+    def value(attributes, segments=()):
+        rec = ProfileRecord(key=7, features=np.zeros(3, dtype=np.float32),
+                            attributes=attributes, segments=list(segments))
+        return layout.encode(rec)
+
+    def read(buf, key=7):
+        n, _, tail_at = layout.read_head(buf, key)
+        return memo.read(memoryview(buf), key, n, tail_at)
+
+    first = value({"tier": 3.0, "country": "FR", "timezone": "Europe/Paris"}, ["vip"])
+    assert read(first) == ((3.0, string_id("FR"), 1.0), ("Europe/Paris",))
+    assert read(first) == ((3.0, string_id("FR"), 1.0), ("Europe/Paris",))  # kept
+    changed = value({"tier": 1.0, "timezone": 4.0})  # same key, other bytes
+    values, zones = read(changed)
+    assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == 0.0
+    assert zones == (None,)  # a time zone that is not a string is none
+    gc.collect()  # tuples of bytes, floats and strings are untracked by a collection
+    assert not gc.is_tracked(memo._entries[7])
+    read(first, key=8)
+    read(first, key=9)  # past the limit: starts afresh
+    assert len(memo) == 1
+    memo.forget(9)
+    assert len(memo) == 0
