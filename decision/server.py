@@ -247,8 +247,8 @@ def _identifier(msg: pb.Identifier) -> Identifier:
 def _event(msg: pb.Event) -> Event:
     return Event(type=msg.type, customer=_identifier(msg.customer), event_id=msg.event_id,
                  timestamp_ms=msg.timestamp_ms, channel=msg.channel,
-                 attributes={k: _value(v) for k, v in msg.attributes.items()},
-                 offer_id=msg.offer_id, decision_id=msg.decision_id)
+                 attributes=_values(msg.attributes), offer_id=msg.offer_id,
+                 decision_id=msg.decision_id)
 
 
 def _query(request: pb.DecideRequest) -> DecideQuery:
@@ -256,14 +256,20 @@ def _query(request: pb.DecideRequest) -> DecideQuery:
         customer=_identifier(request.customer), channel=request.channel,
         placement=request.placement,
         limit=request.limit if request.HasField("limit") else None,
-        context={k: _value(v) for k, v in request.context.items()},
+        context=_values(request.context),
         explain=request.explain,
     )
 
 
-def _value(msg: pb.Value):
-    which = msg.WhichOneof("kind")
-    return None if which is None else getattr(msg, which)
+def _values(entries) -> dict:
+    """A map<string, Value> as a dict of plain values (unset: None). By key, then
+    item: upb builds (key, Value) pairs for ``items()`` at about twice the cost."""
+    out = {}
+    for key in entries:
+        msg = entries[key]
+        which = msg.WhichOneof("kind")
+        out[key] = None if which is None else getattr(msg, which)
+    return out
 
 
 def _to_value(v) -> pb.Value:
@@ -409,7 +415,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def UpsertProfile(self, request: pb.UpsertProfileRequest, context) -> pb.Profile:
         record = self.engine.upsert_profile(ProfileUpdate(
             identifiers=tuple(_identifier(i) for i in request.identifiers),
-            attributes={k: _value(v) for k, v in request.attributes.items()},
+            attributes=_values(request.attributes),
             features=dict(request.features),
         ))
         return _profile(record, self.engine.catalog.feature_names)
@@ -524,7 +530,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         spec = CampaignSpec(
             segment=request.segment, channel=request.channel, placement=request.placement,
             limit=request.limit if request.HasField("limit") else 1,
-            context={k: _value(v) for k, v in request.context.items()})
+            context=_values(request.context))
         path = self.engine.settings.campaign_dir / f"{request.name}.{fmt}"
         s = run_campaign(self.engine, spec, path, fmt, cancel=self.closing)
         return pb.CampaignSummary(
