@@ -6,7 +6,7 @@ customers (no profile read or rule shared between them: the costly case).
 Budget (issue 6): <= 20 us per decision. It does not hold yet on the 2-core reference
 machine (measured 53-58 us over gRPC, of which the engine ~31 and the reply encoding
 ~7.5; benchmarks/README.md, "DecideBatch"), so by default the benchmark fails only
-past a regression guard of 80 us, and shows the figure against the 20 us budget in
+past a regression guard of 100 us, and shows the figure against the 20 us budget in
 the table; DECISION_LOAD_BUDGETS=1 enforces 20 us.
 """
 
@@ -26,7 +26,7 @@ from decision.v1 import decision_pb2_grpc as pb_grpc
 PER_CALL = 100
 CALLS = 300
 BUDGET_US = 20.0
-GUARD_US = 80.0  # ~1.5x what it measures today: catches a regression
+GUARD_US = 100.0  # ~1.4x the slowest it measured on a busy host (73 us): catches a regression
 
 
 def test_decide_batch_per_decision(benchmark, servers, queries):
