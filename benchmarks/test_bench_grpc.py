@@ -9,12 +9,11 @@ Budgets (issue 3): Decide p50 and p99 each <= 1.5x the empty handler's, p99 <= 1
 
 from __future__ import annotations
 
-import os
 import time
 
 import grpc
 
-from benchmarks.conftest import ci_slack, percentiles, record
+from benchmarks.conftest import ci_slack, issue6_budgets, percentiles, record
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
@@ -73,7 +72,7 @@ def test_grpc_decide_vs_empty_handler(benchmark, servers, queries):
     record(name, "p50 ratio (issue 6)", ratio50, TIGHT_P50_RATIO, "x")
     record(name, "p99 ratio (issue 6)", ratio99, TIGHT_P99_RATIO, "x")
     slack = ci_slack()
-    if os.environ.get("DECISION_LOAD_BUDGETS") == "1":
+    if issue6_budgets():
         assert ratio50 <= TIGHT_P50_RATIO * slack, (r, f)
         assert ratio99 <= TIGHT_P99_RATIO * slack, (r, f)
     assert ratio50 <= RATIO_BUDGET * slack, (r, f)

@@ -13,11 +13,10 @@ measured, for the floor and the server alike (benchmarks/README.md, "Load").
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from benchmarks.conftest import N_CUSTOMERS, ci_slack, record
+from benchmarks.conftest import N_CUSTOMERS, ci_slack, issue6_budgets, record
 from decision.loadtest import Load, Target, Workload, run_load
 
 # Opt-in: these budgets do not hold yet on the 2-core reference machine (issue 6 is
@@ -25,7 +24,7 @@ from decision.loadtest import Load, Target, Workload, run_load
 # p99 of 4-7 ms even for the floor: waking an idle server process on this VM). They
 # run, and fail when broken, with DECISION_LOAD_BUDGETS=1.
 pytestmark = pytest.mark.skipif(
-    os.environ.get("DECISION_LOAD_BUDGETS") != "1",
+    not issue6_budgets(),
     reason="load budgets not yet met on this machine (issue 6); DECISION_LOAD_BUDGETS=1 runs them")
 
 THROUGHPUT_RATIO_BUDGET = 0.75
