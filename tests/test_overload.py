@@ -118,21 +118,54 @@ def test_subscribers_do_not_starve_calls(settings):
         running.stop(grace=None)
 
 
-def test_no_work_is_done_for_a_caller_whose_deadline_has_passed(running, stub):
-    """The handler threads are held (this thread keeps the GIL) until the deadline of a
-    Track has passed; the event must not be applied."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(5.0)  # threads that want the GIL now wait 5 s before asking
+# A client in its own process: it sends its Track (50 ms deadline) only when told to,
+# and prints the status it got. The test process tells it while already holding the GIL.
+_LATE_CLIENT = """
+import sys, grpc
+from decision.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
+from tests.test_events import purchase
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    grpc.channel_ready_future(ch).result(timeout=30)
+    stub = pb_grpc.DecisionServiceStub(ch)
+    print("ready", flush=True)
+    sys.stdin.readline()
     try:
-        future = stub.Track.future(purchase("late", 7.0, event_id="late-1"), timeout=0.05)
-        until = time.perf_counter() + 0.3
-        while time.perf_counter() < until:
-            pass
+        stub.Track(purchase("late", 7.0, event_id="late-1"), timeout=0.05)
+        print("OK", flush=True)
+    except grpc.RpcError as exc:
+        print(exc.code().name, flush=True)
+"""
+
+
+def test_no_work_is_done_for_a_caller_whose_deadline_has_passed(running, stub):
+    """The server's handler threads cannot start (this thread holds the GIL) until the
+    deadline of a Track has passed; the event must not be applied (gRPC drops a call
+    cancelled before its handler starts; ``Gate`` checks the deadline as one starts).
+
+    The Track comes from another process, sent only after this thread holds the GIL
+    with a 5 s switch interval: the request cannot reach a handler before its deadline
+    (a client call from this process released the GIL while sending, and a handler
+    could win that race)."""
+    import subprocess
+
+    client = subprocess.Popen([sys.executable, "-c", _LATE_CLIENT, f"127.0.0.1:{running.port}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "ready"
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(5.0)  # threads that want the GIL now wait 5 s before asking
+        try:
+            client.stdin.write("go\n")
+            client.stdin.flush()  # the only GIL release: a pipe write, before the send
+            until = time.perf_counter() + 0.3
+            while time.perf_counter() < until:
+                pass
+        finally:
+            sys.setswitchinterval(old)
+        out, _ = client.communicate(timeout=30)
     finally:
-        sys.setswitchinterval(old)
-    with pytest.raises(grpc.RpcError) as err:
-        future.result(timeout=10)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        client.kill()
+    assert out.strip() == "DEADLINE_EXCEEDED"
     time.sleep(0.2)  # a handler that ran anyway would have committed by now
     with pytest.raises(grpc.RpcError) as err:
         stub.GetProfile(pb.GetProfileRequest(customer=ident("late")))
