@@ -3,10 +3,17 @@
 ``decide_offers`` is one call into compiled code per decision: the Python side pays
 the dispatch cost once, and no intermediate array of size n_offers is allocated but
 the policy marks. ``decide_batch`` ranks many customers in one call (Inspire
-campaigns, ``prange`` over customers; ``decide_batch_serial`` for callers that are
-already one of many threads). Both run ``rank_one`` per customer, which computes
-what ``eligibility``, ``policies``, ``scoring`` and ``selection`` compute (the tests
-compare each with its NumPy reference, and the fusion with their composition).
+campaigns, ``prange`` over blocks of customers; ``decide_batch_serial`` for callers
+that are already one of many threads), ``decide_each`` many requests (``DecideBatch``).
+All run ``rank_one`` per customer, which computes what ``eligibility``, ``policies``,
+``scoring`` and ``selection`` compute (the tests compare each with its NumPy
+reference, and the fusion with their composition).
+
+A single decision runs each rule program the first time an offer in scope needs it.
+A batch runs every program for ``LANES`` customers at once first (``rule_table``):
+one dispatch per instruction instead of one per instruction and customer. On the
+demo catalog (307 distinct programs, 100 customers) that is 0.9 us of rules per
+customer instead of 4.9, and ``decide_each`` 9.0 us per decision instead of 16.0.
 
 The eligibility test and the top-k insertion are written out here again rather than
 called as functions: with their array arguments, a call per offer (even with numba's
@@ -20,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from kernels.eligibility import MAX_STACK, in_scope, new_memo, run_program
+from kernels.eligibility import MAX_STACK, distinct_programs, in_scope, run_program, run_programs
 from kernels.policies import contact_blocks
 from kernels.scoring import logit_of, sigmoid, top_contributions
 
@@ -33,25 +40,30 @@ class Visit(NamedTuple):
     instead of every offer costing a cache miss per array (measured on 1,000 offers:
     kernel p50 45 -> 33 us with the caches flushed before each call).
 
-    offer_of int32[n]; programs int32[n, 2]; masks int64[n, 2]; window float64[n, 2];
-    value float64[n, 2] (value, lever); weights float32[n, F]; bias float64[n]: the
-    catalog-order arrays of the same names, rows permuted."""
+    offer_of int32[n]; program int32[n]: the offer's rule, a row of ``rules`` (-1: no
+    rule); masks int64[n, 2]; window float64[n, 2]; value float64[n, 2] (value, lever);
+    weights float32[n, F]; bias float64[n]: the catalog-order arrays of the same names,
+    rows permuted. rules int32[P, 2]: the distinct programs' row ranges in ``code``
+    (``eligibility.distinct_programs``), so a request's rule verdicts are P entries."""
 
     offer_of: np.ndarray
-    programs: np.ndarray
+    program: np.ndarray
     masks: np.ndarray
     window: np.ndarray
     value: np.ndarray
     weights: np.ndarray
     bias: np.ndarray
+    rules: np.ndarray
 
 
 def visit_plan(programs, offer_masks, offer_window, offer_value, weights, bias) -> Visit:
     """The ``Visit`` of catalog-order arrays (read-only copies)."""
     bound = offer_value[:, 0] * offer_value[:, 1]
     order = np.argsort(-bound, kind="stable").astype(np.int32)
+    program, rules = distinct_programs(programs)
     arrays = [order] + [np.ascontiguousarray(a[order]) for a in
-                        (programs, offer_masks, offer_window, offer_value, weights, bias)]
+                        (program, offer_masks, offer_window, offer_value, weights, bias)]
+    arrays.append(rules)
     for a in arrays:
         a.flags.writeable = False
     return Visit(*arrays)
@@ -59,30 +71,34 @@ def visit_plan(programs, offer_masks, offer_window, offer_value, weights, bias) 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def rank_one(code, consts, slots, visit, x, blocked, channel_bit, placement_bit, now, k, best,
-             best_score, best_p, stack, memo):
+             best_score, best_p, stack, verdict):
     """Rank one customer's offers into ``best`` (visit rows) / ``best_score`` /
     ``best_p`` (length k); return (how many were filled, eligible count). An offer is
     eligible when in scope, its rule holds and no policy blocked it
     (``blocked[offer] < 0``, by catalog index).
+
+    ``verdict`` (int8[P]) holds the rule programs' results over ``slots``: 1 true, 0
+    false, -1 not run yet (then the program runs here, once, on first use). A batch
+    fills it beforehand for many customers at once (``run_programs``).
 
     ``visit`` (the tuple of a ``Visit``) lists offers by value x lever, highest first.
     A propensity is at most 1, so an offer whose value x lever is below the k-th best
     score so far cannot enter the top k: its dot product and exp are skipped (it is
     still counted as eligible). Ties rank by lower catalog index, whatever the
     visiting order."""
-    offer_of, programs, masks, window, value, weights, bias = visit
-    n = programs.shape[0]
+    offer_of, program, masks, window, value, weights, bias, rules = visit
+    n = program.shape[0]
     size = 0
     eligible = 0
     for j in range(n):
         if not in_scope(masks[j, 0], masks[j, 1], window[j, 0], window[j, 1], channel_bit,
                         placement_bit, now):
             continue
-        start = programs[j, 0]
-        if start != programs[j, 1]:
-            if memo[start] < 0:
-                memo[start] = run_program(code, start, programs[j, 1], consts, slots, stack)
-            if memo[start] == 0:
+        p = program[j]
+        if p >= 0:
+            if verdict[p] < 0:
+                verdict[p] = run_program(code, rules[p, 0], rules[p, 1], consts, slots, stack)
+            if verdict[p] == 0:
                 continue
         i = offer_of[j]
         if blocked[i] >= 0:
@@ -113,6 +129,25 @@ def rank_one(code, consts, slots, visit, x, blocked, channel_bit, placement_bit,
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def new_verdicts(visit):
+    """A request's rule verdicts before any program ran: int8[P] of -1."""
+    return np.full(visit[7].shape[0], -1, dtype=np.int8)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rule_table(code, consts, slots, visit):
+    """Every rule program's verdict for every row of ``slots`` (float64[m, s]):
+    int8[m, P], row c the ``verdict`` of customer c (``run_programs``)."""
+    rules = visit[7]
+    out = np.empty((slots.shape[0], rules.shape[0]), dtype=np.int8)
+    run_programs(code, consts, np.ascontiguousarray(slots.T), rules, out)
+    return out
+
+
+LANES = 128  # customers whose rules a batch evaluates together (a block of rule_table)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now, k, n_reasons,
                   contacts, policies):
     """Rank the eligible offers for one customer.
@@ -133,6 +168,14 @@ def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now
     removed offer i (-1: none; set for every offer a policy covers, whatever its
     other checks).
     """
+    return _decide_one(code, consts, slots, visit, x, channel_bit, placement_bit, now, k,
+                       n_reasons, contacts, policies, new_verdicts(visit))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _decide_one(code, consts, slots, visit, x, channel_bit, placement_bit, now, k, n_reasons,
+                contacts, policies, verdict):
+    """``decide_offers`` with the rule verdicts given (some or all known already)."""
     (pol_scope, pol_kind, pol_max, pol_window, pol_channels, pol_offers, sorted_sids,
      sid_offer, channel_sids) = policies
     offer_of, weights = visit[0], visit[5]
@@ -141,12 +184,11 @@ def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now
                    pol_window, pol_channels, pol_offers, sorted_sids, sid_offer, channel_sids,
                    blocked)
     stack = np.empty(MAX_STACK, dtype=np.float64)
-    memo = new_memo(code)
     best = np.empty(k, dtype=np.int32)
     best_score = np.empty(k, dtype=np.float64)
     best_p = np.empty(k, dtype=np.float64)
     size, eligible = rank_one(code, consts, slots, visit, x, blocked, channel_bit,
-                              placement_bit, now, k, best, best_score, best_p, stack, memo)
+                              placement_bit, now, k, best, best_score, best_p, stack, verdict)
     reason_feature, reason_weight = top_contributions(weights, x, best[:size], n_reasons)
     ranked = np.empty((size, 3 + 2 * n_reasons), dtype=np.float64)
     for q in range(size):
@@ -161,8 +203,9 @@ def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _batch_row(c, code, consts, slots, visit, features, contacts, contact_start, channel_bit,
-               placement_bit, now, k, policies, chosen, score, prop, filled, eligible):
-    """Rank customer ``c`` of a batch into row c of the outputs."""
+               placement_bit, now, k, policies, verdict, chosen, score, prop, filled, eligible):
+    """Rank customer ``c`` of a batch into row c of the outputs (``verdict``: its rule
+    verdicts, a row of ``rule_table``)."""
     (pol_scope, pol_kind, pol_max, pol_window, pol_channels, pol_offers, sorted_sids,
      sid_offer, channel_sids) = policies
     offer_of = visit[0]
@@ -171,9 +214,8 @@ def _batch_row(c, code, consts, slots, visit, features, contacts, contact_start,
                    channel_bit, pol_scope, pol_kind, pol_max, pol_window, pol_channels,
                    pol_offers, sorted_sids, sid_offer, channel_sids, blocked)
     stack = np.empty(MAX_STACK, dtype=np.float64)
-    memo = new_memo(code)
     size, count = rank_one(code, consts, slots[c], visit, features[c], blocked, channel_bit,
-                           placement_bit, now, k, chosen[c], score[c], prop[c], stack, memo)
+                           placement_bit, now, k, chosen[c], score[c], prop[c], stack, verdict)
     filled[c] = size
     eligible[c] = count
     for r in range(size):
@@ -191,10 +233,25 @@ def _batch_outputs(m, k):
             np.zeros(m, dtype=np.int32))
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _batch_block(b, code, consts, slots, visit, features, contacts, contact_start, channel_bit,
+                 placement_bit, now, k, policies, chosen, score, prop, filled, eligible):
+    """Rank block ``b`` of a batch: its ``LANES`` customers' rules in one
+    ``rule_table``, then each customer."""
+    lo = b * LANES
+    hi = min(slots.shape[0], lo + LANES)
+    table = rule_table(code, consts, slots[lo:hi], visit)
+    for c in range(lo, hi):
+        _batch_row(c, code, consts, slots, visit, features, contacts, contact_start,
+                   channel_bit, placement_bit, now, k, policies, table[c - lo], chosen, score,
+                   prop, filled, eligible)
+
+
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def decide_batch(code, consts, slots, visit, features, contacts, contact_start, channel_bit,
                  placement_bit, now, k, policies):
-    """Rank every customer of a batch, in parallel over customers (``prange``).
+    """Rank every customer of a batch, in parallel over blocks of ``LANES`` customers
+    (``prange``).
 
     slots float64[m, s] and features float32[m, F]: one row per customer; contacts
     int64[T, 2] with customer c's history at rows contact_start[c]:contact_start[c+1];
@@ -203,22 +260,24 @@ def decide_batch(code, consts, slots, visit, features, contacts, contact_start, 
     eligible int32[m])."""
     m = slots.shape[0]
     chosen, score, prop, filled, eligible = _batch_outputs(m, k)
-    for c in prange(m):
-        _batch_row(c, code, consts, slots, visit, features, contacts, contact_start, channel_bit,
-                   placement_bit, now, k, policies, chosen, score, prop, filled, eligible)
+    for b in prange((m + LANES - 1) // LANES):
+        _batch_block(b, code, consts, slots, visit, features, contacts, contact_start,
+                     channel_bit, placement_bit, now, k, policies, chosen, score, prop, filled,
+                     eligible)
     return chosen, score, prop, filled, eligible
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def decide_batch_serial(code, consts, slots, visit, features, contacts, contact_start,
                         channel_bit, placement_bit, now, k, policies):
-    """``decide_batch`` on the calling thread, one customer after another (for callers
+    """``decide_batch`` on the calling thread, one block after another (for callers
     that are already one of many threads: gRPC handlers)."""
     m = slots.shape[0]
     chosen, score, prop, filled, eligible = _batch_outputs(m, k)
-    for c in range(m):
-        _batch_row(c, code, consts, slots, visit, features, contacts, contact_start, channel_bit,
-                   placement_bit, now, k, policies, chosen, score, prop, filled, eligible)
+    for b in range((m + LANES - 1) // LANES):
+        _batch_block(b, code, consts, slots, visit, features, contacts, contact_start,
+                     channel_bit, placement_bit, now, k, policies, chosen, score, prop, filled,
+                     eligible)
     return chosen, score, prop, filled, eligible
 
 
@@ -228,7 +287,8 @@ def decide_each(code, consts, slots, visit, features, contacts, contact_start, c
     """``decide_offers`` for every row of a batch of requests (``DecideBatch``: several
     customers or placements at one instant), in one call: row c has its own slots,
     features, contacts (rows contact_start[c]:contact_start[c+1]), channel and
-    placement bits and k (``ks[c]``).
+    placement bits and k (``ks[c]``). The rules of ``LANES`` rows at a time are
+    evaluated together (``rule_table``).
 
     Returns (eligible int64[m], filled int32[m], ranked float64[m, max(ks), 3 + 2 *
     n_reasons]): row c's first filled[c] entries are decide_offers' ``ranked`` rows."""
@@ -239,12 +299,16 @@ def decide_each(code, consts, slots, visit, features, contacts, contact_start, c
     eligible = np.zeros(m, dtype=np.int64)
     filled = np.zeros(m, dtype=np.int32)
     ranked = np.zeros((m, k_max, 3 + 2 * n_reasons), dtype=np.float64)
-    for c in range(m):
-        count, rows, _ = decide_offers(code, consts, slots[c], visit, features[c],
-                                       channel_bits[c], placement_bits[c], now, ks[c],
-                                       n_reasons, contacts[contact_start[c]:contact_start[c + 1]],
-                                       policies)
-        eligible[c] = count
-        filled[c] = rows.shape[0]
-        ranked[c, :rows.shape[0]] = rows
+    for lo in range(0, m, LANES):
+        hi = min(m, lo + LANES)
+        table = rule_table(code, consts, slots[lo:hi], visit)
+        for c in range(lo, hi):
+            count, rows, _ = _decide_one(code, consts, slots[c], visit, features[c],
+                                         channel_bits[c], placement_bits[c], now, ks[c],
+                                         n_reasons,
+                                         contacts[contact_start[c]:contact_start[c + 1]],
+                                         policies, table[c - lo])
+            eligible[c] = count
+            filled[c] = rows.shape[0]
+            ranked[c, :rows.shape[0]] = rows
     return eligible, filled, ranked

@@ -180,6 +180,142 @@ def run_program(code, start, end, consts, slots, stack):
     return _truthy(stack[0])
 
 
+def distinct_programs(programs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ids for the distinct programs of ``programs`` (int32[n, 2], row ranges of
+    ``code``): (program int32[n], -1 where the offer has no rule; rules int32[P, 2],
+    the row range of program p). Offers with the same rule text share one program, so
+    a per-request verdict array indexed by id is P entries, not one per offer."""
+    program = np.full(programs.shape[0], -1, dtype=np.int32)
+    first: dict[int, int] = {}
+    rules = []
+    for i, (start, end) in enumerate(programs.tolist()):
+        if start != end:
+            program[i] = first.setdefault(start, len(rules))
+            if program[i] == len(rules):
+                rules.append((start, end))
+    return program, np.array(rules, dtype=np.int32).reshape(-1, 2)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _compare(op, x, y):
+    """(x op y) as 1.0 / 0.0 for op in EQ..GE (NaN compares false but for !=)."""
+    if op == EQ:
+        return 1.0 if x == y else 0.0
+    if op == NE:
+        return 1.0 if x != y else 0.0
+    if op == LT:
+        return 1.0 if x < y else 0.0
+    if op == LE:
+        return 1.0 if x <= y else 0.0
+    if op == GT:
+        return 1.0 if x > y else 0.0
+    return 1.0 if x >= y else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def run_programs(code, consts, lanes, rules, out):
+    """Evaluate every program of ``rules`` (int32[P, 2]) for many slot vectors at once:
+    ``lanes`` float64[s, m] holds slot vector c in column c; out int8[m, P] gets 1
+    where program p holds for column c, else 0.
+
+    The same instructions as ``run_program``, each applied to all m columns in one
+    loop (one dispatch per instruction, not per customer). A jump cannot be taken by
+    some columns only in a shared loop, so the columns it decides wait instead:
+    ``resume[c]`` is the row column c continues at, and an instruction applies to the
+    columns whose resume row is at or before it. The compiler leaves the stack at
+    the same depth on both sides of a jump (each sub-expression nets one value), so
+    the depth is one number for all columns."""
+    m = lanes.shape[1]
+    stack = np.empty((MAX_STACK, m), dtype=np.float64)
+    resume = np.empty(m, dtype=np.int32)
+    for p in range(rules.shape[0]):
+        start = rules[p, 0]
+        end = rules[p, 1]
+        resume[:] = start
+        sp = 0
+        for pc in range(start, end):
+            op = code[pc, 0]
+            a = code[pc, 1]
+            b = code[pc, 2]
+            if SC_EQ <= op <= SC_GE:
+                y = consts[b]
+                row = lanes[a]
+                top = stack[sp]
+                for c in range(m):
+                    if resume[c] <= pc:
+                        top[c] = _compare(op - SC_EQ + EQ, row[c], y)
+                sp += 1
+            elif op == PUSH_SLOT:
+                row = lanes[a]
+                top = stack[sp]
+                for c in range(m):
+                    if resume[c] <= pc:
+                        top[c] = row[c]
+                sp += 1
+            elif op == PUSH_CONST:
+                y = consts[a]
+                top = stack[sp]
+                for c in range(m):
+                    if resume[c] <= pc:
+                        top[c] = y
+                sp += 1
+            elif op == JUMP_FALSE or op == JUMP_TRUE:
+                top = stack[sp - 1]
+                taken = op == JUMP_TRUE
+                for c in range(m):
+                    if resume[c] <= pc and _truthy(top[c]) == taken:
+                        top[c] = 1.0 if taken else 0.0
+                        resume[c] = a
+                sp -= 1  # the columns that go on popped it
+            elif op == BOOL or op == NOT:
+                top = stack[sp - 1]
+                yes = 1.0 if op == BOOL else 0.0
+                for c in range(m):
+                    if resume[c] <= pc:
+                        top[c] = yes if _truthy(top[c]) else 1.0 - yes
+            elif op == NEG:
+                top = stack[sp - 1]
+                for c in range(m):
+                    if resume[c] <= pc:
+                        top[c] = -top[c]
+            elif op == IN_SET:
+                top = stack[sp - 1]
+                for c in range(m):
+                    if resume[c] <= pc:
+                        hit = 0.0
+                        for j in range(a, a + b):
+                            if consts[j] == top[c]:
+                                hit = 1.0
+                                break
+                        top[c] = hit
+            else:
+                sp -= 1
+                ys = stack[sp]
+                xs = stack[sp - 1]
+                for c in range(m):
+                    if resume[c] <= pc:
+                        x = xs[c]
+                        y = ys[c]
+                        if op <= GE:
+                            r = _compare(op, x, y)
+                        elif op == AND:
+                            r = 1.0 if _truthy(x) and _truthy(y) else 0.0
+                        elif op == OR:
+                            r = 1.0 if _truthy(x) or _truthy(y) else 0.0
+                        elif op == ADD:
+                            r = x + y
+                        elif op == SUB:
+                            r = x - y
+                        elif op == MUL:
+                            r = x * y
+                        else:  # DIV
+                            r = x / y
+                        xs[c] = r
+        bottom = stack[0]
+        for c in range(m):
+            out[c, p] = 1 if _truthy(bottom[c]) else 0
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def in_scope(channels, placements, valid_from, valid_until, channel_bit, placement_bit, now):
     """Channel, placement and validity checks of one offer (scalars only: a call

@@ -21,7 +21,7 @@ from decision.rules import FieldTable, ProgramBuilder, string_id
 from kernels import eligibility as vm
 from decision.layout import NO_CONTACTS
 from decision.policies import OUTCOMES, PolicySet, contact_tag
-from kernels.decide import decide_batch, decide_batch_serial, decide_offers, visit_plan
+from kernels.decide import LANES, decide_batch, decide_batch_serial, decide_offers, visit_plan
 from kernels.policies import contact_blocks, contact_blocks_reference
 from kernels.eligibility import eligible_mask, eligible_mask_reference
 from kernels.scoring import (
@@ -206,6 +206,28 @@ def test_eligible_mask_matches_reference(seed, n):
         want = quiet(eligible_mask_reference, *args)
         assert got.dtype == np.bool_ and got.shape == (n,)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("m", [1, 5, 64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_run_programs_gives_every_customer_the_reference_verdicts(seed, m):
+    """The batch rule VM (every program over m customers at once, jumps as per-customer
+    resume rows) agrees with the reference for each customer and offer."""
+    rng = np.random.default_rng(3000 + seed)
+    n = 150
+    code, programs, consts, _ = random_programs(rng, n, rule_probability=0.9)
+    program, rules = vm.distinct_programs(programs)
+    assert len({tuple(r) for r in rules.tolist()}) == rules.shape[0]
+    slots = np.stack([random_slots(rng) for _ in range(m)])
+    out = np.full((m, rules.shape[0]), -1, dtype=np.int8)
+    quiet(vm.run_programs, code, consts, np.ascontiguousarray(slots.T), rules, out)
+    everywhere = np.tile([1, 0], (n, 1)).astype(np.int64)
+    always = np.tile([-np.inf, np.inf], (n, 1))
+    for c in range(m):
+        want = quiet(eligible_mask_reference, code, programs, consts, slots[c], everywhere,
+                     always, 1, 0, NOW)
+        got = [True if program[i] < 0 else bool(out[c, program[i]]) for i in range(n)]
+        assert got == want.tolist()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -704,16 +726,17 @@ def test_contact_blocks_by_hand():
     assert blocked.tolist() == [-1, -1, -1]
 
 
-def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng):
+@pytest.mark.parametrize("m", [40, 2 * LANES + 3])
+def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng, m):
     """decide_offers with policies equals the composition with the policy mask, and
-    both batch kernels give every customer exactly decide_offers' answer."""
+    both batch kernels give every customer exactly decide_offers' answer (also over
+    several blocks of LANES customers whose rules run together)."""
     n, f, k = 80, 6, 5
     offer_ids = [f"offer-{i}" for i in range(n)]
     code, programs, consts, _ = random_programs(rng, n, rule_probability=0.5)
     masks, window = random_offers(rng, n)
     offer_value = random_values(rng, n)
     weights, bias, _ = random_model(rng, n, f)
-    m = 40
     rows_slots, rows_x, histories = [], [], []
     policies = random_policies(rng, offer_ids)
     while not policies.policies:
