@@ -13,8 +13,10 @@ Every offer's rule is a postfix program in one shared ``code`` array of shape
 ``(n_instructions, 3)`` int32 rows ``(opcode, a, b)``; offer ``i`` runs rows
 ``programs[i, 0]:programs[i, 1]`` (an empty range means "no rule": eligible). Offers
 with the same rule text share one program, and a request evaluates each program at
-most once (``memo``, keyed by the program's first row): catalogs repeat conditions
-("tier >= 2", a segment) across many offers.
+most once (``memo``, keyed by the program's first row; the decide kernels number the
+distinct programs, ``distinct_programs``): catalogs repeat conditions ("tier >= 2", a
+segment) across many offers. ``run_programs`` evaluates every program for many slot
+vectors at once (a batch of customers), one instruction at a time for all of them.
 Operands are float64 on a fixed stack of ``MAX_STACK`` entries; the compiler
 (``decision.rules``) proves the depth bound and the types at catalog load, so the
 kernel does no checking. Values:
