@@ -147,7 +147,12 @@ def rule_table(code, consts, slots, visit):
 LANES = 128  # customers whose rules a batch evaluates together (a block of rule_table)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+# Not nogil, unlike the batch kernels: a single decision's ~15 us is too short to run
+# beside Python on 2 cores, and a handler thread that lets the GIL go for it must win it
+# back from the thread that took it (which keeps it until it blocks): closed-loop
+# saturation measured 0.65x the floor's throughput holding it, 0.58x letting it go
+# (6 runs each; benchmarks/README.md, "The GIL and the single-decision kernel").
+@njit(cache=True, error_model="numpy")
 def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now, k, n_reasons,
                   contacts, policies):
     """Rank the eligible offers for one customer.
