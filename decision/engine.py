@@ -86,17 +86,17 @@ class RankedOffer(NamedTuple):
 
 
 class Decision:
-    """One answer. The ranking stays as the kernel produced it: ``ranked``, one row per
-    offer, best first, ``[offer index, score, propensity, feature indices...,
-    feature weights...]`` (``N_FEATURE_REASONS`` of each; -1 = no feature), so front
-    ends encode it without intermediate objects; ``offers`` builds the
-    ``RankedOffer`` view on demand."""
+    """One answer. The ranking stays as the kernel produced it: ``ranked``, float64[r,
+    3 + 2 * N_FEATURE_REASONS], one row per offer, best first, ``[offer index, score,
+    propensity, feature indices..., feature weights...]`` (-1 = no feature), so front
+    ends encode it without intermediate objects (``decision.wire``); ``offers``
+    builds the ``RankedOffer`` view on demand."""
 
     __slots__ = ("decision_id", "cold_start", "eligible_count", "catalog_version",
                  "decided_at_ms", "prepared", "ranked", "deliver_at_ms", "timing", "removed")
 
     def __init__(self, decision_id: str, cold_start: bool, eligible_count: int,
-                 decided_at_ms: int, prepared: "_Prepared", ranked: list[list[float]],
+                 decided_at_ms: int, prepared: "_Prepared", ranked: np.ndarray,
                  deliver_at_ms: int, timing: str, removed: tuple = ()):
         self.decision_id = decision_id
         self.cold_start = cold_start
@@ -111,7 +111,7 @@ class Decision:
 
     @property
     def offer_index(self) -> list[int]:
-        return [int(row[0]) for row in self.ranked]
+        return [int(i) for i in self.ranked[:, 0].tolist()]
 
     @property
     def removed_offers(self) -> tuple[tuple[Offer, "Reason"], ...]:
@@ -125,7 +125,7 @@ class Decision:
         names = prepared.catalog.feature_names
         n = N_FEATURE_REASONS
         ranked = []
-        for r, row in enumerate(self.ranked):
+        for r, row in enumerate(self.ranked.tolist()):
             i = int(row[0])
             if self.cold_start:
                 reasons = (prepared.eligible_reason[i], COLD_START)
@@ -392,9 +392,9 @@ class Engine:
             np.array([c[3] for c in checked], dtype=np.int64), now,
             np.array([c[4] for c in checked], dtype=np.int64), N_FEATURE_REASONS,
             active.policies)
-        eligible, filled, ranked = eligible.tolist(), filled.tolist(), ranked.tolist()
+        eligible, filled = eligible.tolist(), filled.tolist()
         return [self._answer(active, query.channel, now, cold, zone, eligible[c],
-                             ranked[c][:filled[c]], ())
+                             ranked[c, :filled[c]], ())
                 for c, (query, (cold, zone)) in enumerate(zip(queries, profiles))]
 
     def _request(self, active: _Prepared, query: DecideQuery) -> tuple:
@@ -455,11 +455,10 @@ class Engine:
         removed = ()
         if explain and active.has_policies:
             removed = self._removed(active, slots, channel_bit, placement_bit, now, blocked)
-        return self._answer(active, channel, now, buf is None, zone, eligible, ranked.tolist(),
-                            removed)
+        return self._answer(active, channel, now, buf is None, zone, eligible, ranked, removed)
 
     def _answer(self, active: _Prepared, channel: str, now: float, cold: bool, zone,
-                eligible: int, ranked: list, removed: tuple) -> Decision:
+                eligible: int, ranked: np.ndarray, removed: tuple) -> Decision:
         """The ``Decision`` for the kernel's ``ranked`` rows, with its delivery time."""
         decided_ms = int(now * 1000)
         deliver_at_ms, timing = decided_ms, "now"
@@ -812,7 +811,7 @@ class Engine:
         return {"id": d.decision_id, "channel": spec.channel, "placement": spec.placement,
                 "eligible": d.eligible_count, "catalog": active.catalog.version,
                 "deliver_at_ms": d.deliver_at_ms, "timing": d.timing,
-                "offers": [[offers[int(row[0])].id, row[1], row[2]] for row in d.ranked]}
+                "offers": [[offers[int(row[0])].id, row[1], row[2]] for row in d.ranked.tolist()]}
 
     def list_offers(self, channel: str = "", placement: str = "") -> tuple[Catalog, list[Offer]]:
         """The active catalog and its offers for a channel/placement (one snapshot)."""

@@ -26,15 +26,18 @@ def test_wire_bytes_parse_to_the_reference_message(engine, rng):
             {"tier": float(rng.integers(4)), "country": str(rng.choice(["FR", "BE", "DE"])),
              "vip": bool(rng.random() < 0.3)},
             {f: float(rng.normal()) for f in engine.catalog.feature_names if rng.random() < 0.7}))
-    for n in range(200):
-        who = f"w{n % 50}"  # some unknown: cold start
-        d = engine.decide(DecideQuery(
-            Identifier("customer_id", who), channels[n % len(channels)],
-            limit=int(rng.integers(1, 7)),
-            context={"country": "FR", "basket": float(rng.integers(200))}))
+    queries = [DecideQuery(Identifier("customer_id", f"w{n % 50}"),  # some unknown: cold
+                           channels[n % len(channels)], limit=int(rng.integers(1, 7)),
+                           context={"country": "FR", "basket": float(rng.integers(200))},
+                           explain=n % 7 == 0)
+               for n in range(200)]
+    batch = [q._replace(explain=False) for q in queries[:60]]
+    decisions = [engine.decide(q) for q in queries] + engine.decide_many(batch)
+    for d in decisions:
         wire = pb.DecideResponse.FromString(encode_decision(d, encodings))
         assert wire == decision_message(d)
-    assert any(o.reasons for o in wire.offers) or wire.cold_start
+    assert any(d.cold_start for d in decisions) and any(not d.cold_start for d in decisions)
+    assert any(len(d.ranked) > 1 for d in decisions)
 
 
 def test_varint_matches_protobuf():
