@@ -20,6 +20,8 @@ does not follow fails them.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from decision.catalog import Catalog
@@ -81,6 +83,10 @@ _T_REASON = _tag(_O["reasons"], _LEN)
 _T_WEIGHT = _tag(_R["weight"], _I64)
 _COLD_REASON = _length_delimited(_T_REASON, pb.Reason(
     code=COLD_START.code, detail=COLD_START.detail).SerializeToString())
+
+
+if sys.byteorder != "little":  # kernels.encoding writes doubles in the machine's order
+    raise ImportError("decision.wire encodes replies on little-endian machines only")
 
 
 def _one_byte(tag: bytes) -> int:

@@ -30,6 +30,7 @@ T_DECISION_ID, T_OFFERS, T_ELIGIBLE_COUNT, T_DECIDED_AT, T_DELIVER_AT, T_TIMING,
     T_SCORE, T_PROPENSITY = range(9)
 # indices of the pieces in ``fixed``
 F_COLD_REASON, F_COLD_START, F_VERSION, F_TIMING_NOW = range(4)
+SCORE_PROPENSITY_BYTES = 18  # two one-byte tags, two 8-byte doubles
 
 
 @njit(cache=True, error_model="numpy")
@@ -61,6 +62,8 @@ def _text(out, at, text):
 
 @njit(cache=True, error_model="numpy")
 def _double(out, at, tag, x, scratch, scratch_bytes):
+    """[tag (if >= 0)] + x's 8 bytes, in the machine's order: little-endian, as
+    protobuf's wire format wants (``decision.wire`` refuses a big-endian machine)."""
     if tag >= 0:
         out[at] = tag
         at += 1
@@ -73,7 +76,7 @@ def _double(out, at, tag, x, scratch, scratch_bytes):
 def _offer_size(ranked, q, n_reasons, cold, at, features, fixed):
     """Bytes of offer row q's DecidedOffer body."""
     i = np.int64(ranked[q, 0])
-    size = at[i + 1] - at[i] + 1 + varint_size(q + 1) + 18
+    size = at[i + 1] - at[i] + 1 + varint_size(q + 1) + SCORE_PROPENSITY_BYTES
     if cold:
         return size + _length(at, fixed + F_COLD_REASON)
     for r in range(n_reasons):
