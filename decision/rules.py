@@ -244,13 +244,20 @@ class _Compiler:
         operand is made 0/1 unless it already is (a comparison, say)."""
         jump = vm.JUMP_FALSE if isinstance(node.op, ast.And) else vm.JUMP_TRUE
         jumps = []
+        taken_depth = None  # the stack depth a jump arrives with at ``end``
         for i, value in enumerate(node.values):
             if i:
                 jumps.append(len(self.b.code))
+                taken_depth = self.depth
                 self.push(jump, delta=-1)  # on the path that falls through
             self.expect(value, "bool", "operands of and/or")
         if self.b.code[-1][0] not in _YIELDS_BOOL:
             self.push(vm.BOOL, delta=0)
+        if taken_depth is not None and taken_depth != self.depth:
+            # kernels.eligibility.run_programs (many customers at once) keeps one stack
+            # depth for all of them, so both sides of a jump must meet at one depth
+            raise AssertionError(f"rule `{self.text}`: a jump lands at depth {taken_depth}, "
+                                 f"its fall-through at {self.depth}")
         end = len(self.b.code)
         for row in jumps:
             self.b.code[row] = (jump, end, 0)

@@ -35,6 +35,8 @@ SCORE_PROPENSITY_BYTES = 18  # two one-byte tags, two 8-byte doubles
 
 @njit(cache=True, error_model="numpy")
 def varint_size(n):
+    if n < 0:
+        return 10  # two's complement, as protobuf writes a negative int64
     size = 1
     while n > 0x7F:
         n >>= 7
@@ -44,6 +46,10 @@ def varint_size(n):
 
 @njit(cache=True, error_model="numpy")
 def _varint(out, at, n):
+    if n < 0:  # two's complement: the low 7 bits, then the 57 others as a positive number
+        out[at] = (n & 0x7F) | 0x80
+        n = (n >> 7) & 0x1FFFFFFFFFFFFFF
+        at += 1
     while n > 0x7F:
         out[at] = (n & 0x7F) | 0x80
         n >>= 7
@@ -104,8 +110,8 @@ def encode_answer(ranked, n_reasons, eligible, cold, decided_ms, deliver_ms, dec
                   timing, tags, blob, at, features, fixed):
     """The DecideResponse bytes (uint8[]): decision_id, offers (rank q + 1 for row q),
     cold_start, eligible_count, catalog_version, decided_at_ms, deliver_at_ms and
-    timing (``timing`` empty: "now"). ``decision_id`` and ``timing`` are ``bytes``;
-    ``decided_ms``, ``deliver_ms`` >= 0."""
+    timing (``timing`` empty: "now"). ``decision_id`` and ``timing`` are ``bytes``.
+    Integers are int64 (negative ones as protobuf writes them: 10 bytes)."""
     k = ranked.shape[0]
     sizes = np.empty(k, dtype=np.int64)
     total = 1 + varint_size(len(decision_id)) + len(decision_id)

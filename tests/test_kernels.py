@@ -730,7 +730,8 @@ def test_contact_blocks_by_hand():
 def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng, m):
     """decide_offers with policies equals the composition with the policy mask, and
     both batch kernels give every customer exactly decide_offers' answer (also over
-    several blocks of LANES customers whose rules run together)."""
+    several blocks of LANES customers whose rules run together, the last one under
+    TABLE_MIN: its customers run their own rules)."""
     n, f, k = 80, 6, 5
     offer_ids = [f"offer-{i}" for i in range(n)]
     code, programs, consts, _ = random_programs(rng, n, rule_probability=0.5)

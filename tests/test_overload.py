@@ -119,37 +119,52 @@ def test_subscribers_do_not_starve_calls(settings):
 
 
 # A client in its own process: it sends its Track (50 ms deadline) only when told to,
-# and prints the status it got. The test process tells it while already holding the GIL.
+# writes when it sent it (time.monotonic, system-wide) into a shared 8-byte file, and
+# prints the status it got.
 _LATE_CLIENT = """
-import sys, grpc
-from decision.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
+import mmap, struct, sys, time, grpc
+from decision.v1 import decision_pb2_grpc as pb_grpc
 from tests.test_events import purchase
+with open(sys.argv[2], "r+b") as f:
+    sent = mmap.mmap(f.fileno(), 8)
 with grpc.insecure_channel(sys.argv[1]) as ch:
     grpc.channel_ready_future(ch).result(timeout=30)
     stub = pb_grpc.DecisionServiceStub(ch)
     print("ready", flush=True)
     sys.stdin.readline()
+    future = stub.Track.future(purchase("late", 7.0, event_id="late-1"), timeout=0.05)
+    sent[:8] = struct.pack("<d", time.monotonic())
     try:
-        stub.Track(purchase("late", 7.0, event_id="late-1"), timeout=0.05)
+        future.result()
         print("OK", flush=True)
     except grpc.RpcError as exc:
         print(exc.code().name, flush=True)
 """
 
 
-def test_no_work_is_done_for_a_caller_whose_deadline_has_passed(running, stub):
+def test_no_work_is_done_for_a_caller_whose_deadline_has_passed(running, stub, tmp_path):
     """The server's handler threads cannot start (this thread holds the GIL) until the
     deadline of a Track has passed; the event must not be applied (gRPC drops a call
     cancelled before its handler starts; ``Gate`` checks the deadline as one starts).
 
     The Track comes from another process, sent only after this thread holds the GIL
-    with a 5 s switch interval: the request cannot reach a handler before its deadline
-    (a client call from this process released the GIL while sending, and a handler
-    could win that race)."""
+    with a 5 s switch interval, and this thread keeps it until 300 ms after the send,
+    which it reads from shared memory (reading a map never releases the GIL). A client
+    call from this process would release the GIL while sending, and a handler could
+    win that race."""
+    import mmap
+    import struct
     import subprocess
+    from pathlib import Path
 
-    client = subprocess.Popen([sys.executable, "-c", _LATE_CLIENT, f"127.0.0.1:{running.port}"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    shared = tmp_path / "sent"
+    shared.write_bytes(bytes(8))
+    with shared.open("r+b") as f:
+        sent = mmap.mmap(f.fileno(), 8)
+    client = subprocess.Popen(
+        [sys.executable, "-c", _LATE_CLIENT, f"127.0.0.1:{running.port}", str(shared)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1])
     try:
         assert client.stdout.readline().strip() == "ready"
         old = sys.getswitchinterval()
@@ -157,14 +172,17 @@ def test_no_work_is_done_for_a_caller_whose_deadline_has_passed(running, stub):
         try:
             client.stdin.write("go\n")
             client.stdin.flush()  # the only GIL release: a pipe write, before the send
-            until = time.perf_counter() + 0.3
-            while time.perf_counter() < until:
-                pass
+            give_up = time.monotonic() + 10
+            while time.monotonic() < give_up:
+                at = struct.unpack("<d", sent[:8])[0]
+                if at and time.monotonic() > at + 0.3:
+                    break
         finally:
             sys.setswitchinterval(old)
         out, _ = client.communicate(timeout=30)
     finally:
         client.kill()
+        sent.close()
     assert out.strip() == "DEADLINE_EXCEEDED"
     time.sleep(0.2)  # a handler that ran anyway would have committed by now
     with pytest.raises(grpc.RpcError) as err:

@@ -44,3 +44,14 @@ def test_varint_matches_protobuf():
     for n in [1, 127, 128, 300, 2**31 - 1, 2**40 + 5, 2**63 - 1]:
         msg = pb.DecideResponse(decided_at_ms=n)
         assert msg.SerializeToString() == b"\x30" + varint(n)
+
+
+def test_extreme_integers_encode_as_protobuf_does(engine):
+    """Negative and 64-bit values (no caller produces them today) still parse back."""
+    encodings = OfferEncodings(engine.catalog)
+    d = engine.decide(DecideQuery(Identifier("customer_id", "nobody"), engine.catalog.channels[0]))
+    for deliver, eligible in ((-1, 0), (-(2**63), 7), (2**63 - 1, 2**31 - 1)):
+        d.deliver_at_ms, d.eligible_count = deliver, eligible
+        wire = pb.DecideResponse.FromString(encode_decision(d, encodings))
+        assert wire == decision_message(d)
+        assert (wire.deliver_at_ms, wire.eligible_count) == (deliver, eligible)
