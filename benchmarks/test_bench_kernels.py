@@ -10,7 +10,7 @@ import numpy as np
 
 from benchmarks.conftest import N_OFFERS, ci_slack, percentiles, record
 from decision.layout import NO_CONTACTS
-from kernels.decide import decide_offers
+from kernels.decide import decide_offers, new_verdicts
 
 BUDGET_P99_US = 60.0
 
@@ -23,9 +23,15 @@ def test_kernel_scoring_1000_offers(benchmark, engine, rng=np.random.default_rng
     slots = np.full(catalog.fields.size, np.nan)
     for name, f in catalog.context_fields.items():
         slots[f.slot] = 1.0
-    args = (catalog.code, catalog.consts, slots, tuple(catalog.visit), x, np.int64(1),
-            np.int64(0), 1.8e9, 5, 3, NO_CONTACTS, catalog.policies.arrays)
-    ranked = benchmark.pedantic(decide_offers, args=args, rounds=20_000, iterations=1,
+    visit = tuple(catalog.visit)
+    args = (catalog.code, catalog.consts, slots, visit, x, np.int64(1), np.int64(0), 1.8e9, 5,
+            3, NO_CONTACTS, catalog.policies.arrays)
+    fresh = new_verdicts(visit)  # no rule known: every call runs the rules it reaches
+
+    def call_args():
+        return args + (fresh.copy(),), {}
+
+    ranked = benchmark.pedantic(decide_offers, setup=call_args, rounds=20_000, iterations=1,
                                 warmup_rounds=500)[1]
     assert len(ranked) == 5
     p = percentiles(np.asarray(benchmark.stats.stats.data) * 1e9)

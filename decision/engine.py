@@ -47,9 +47,9 @@ from decision.segments import refresh as refresh_segments
 from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, identity_key, profile_key_bytes
-from decision.tails import TailMemo
-from kernels.decide import decide_each, decide_offers
-from kernels.eligibility import eligible_mask
+from decision.tails import VALUES, VERDICTS, ZONES, TailMemo
+from kernels.decide import decide_each, decide_offers, new_verdicts
+from kernels.eligibility import eligible_mask, programs_reading, run_programs
 
 log = logging.getLogger("decision.engine")
 _random_bits = random.getrandbits  # decision ids must be unique, not secret (os.urandom: 1 us)
@@ -188,7 +188,8 @@ class _Prepared:
     __slots__ = ("catalog", "channel_bits", "placement_bits", "eligible_reason",
                  "zero_features", "n_features", "n_slots", "profile_slots",
                  "policies", "has_policies", "later", "policy_reasons", "context_plan",
-                 "visit", "no_slots", "zone_index", "read_tail", "tails")
+                 "visit", "no_slots", "zone_index", "read_tail", "tails", "profile_only",
+                 "no_verdicts", "cold_verdicts")
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -218,6 +219,18 @@ class _Prepared:
                            for c, p in self.later.items() if p.timezone_attribute}
         self.read_tail = bool(self.profile_slots or zones)
         self.tails = TailMemo(self.profile_slots, zones)
+        # The rule programs that read no context field give the same verdict for every
+        # decision over the same stored profile: ``tails`` keeps them per profile
+        # version. Without a profile (or a rule reading one), every profile field is
+        # missing: those verdicts are the same for everyone, computed here once.
+        rules = catalog.visit.rules
+        self.profile_only = ~programs_reading(
+            catalog.code, rules, {f.slot for f in catalog.fields.of("context")})
+        self.no_verdicts = new_verdicts(self.visit)
+        missing = np.full((self.n_slots, 1), _NAN)
+        cold = np.empty((1, rules.shape[0]), dtype=np.int8)
+        run_programs(catalog.code, catalog.consts, missing, rules, cold)
+        self.cold_verdicts = np.where(self.profile_only, cold[0], -1).astype(np.int8)
         self.policy_reasons = tuple(Reason("POLICY", p.describe())
                                     for p in catalog.policies.policies)
 
@@ -369,7 +382,8 @@ class Engine:
                     profiles.append(self._rank(active, query.channel, bit, place, k, slots,
                                                key, buf, now, query.explain))
                     continue
-                x, contacts, zone = self._read_profile(active, query.channel, key, buf, slots)
+                x, contacts, zone, _ = self._read_profile(active, query.channel, key, buf,
+                                                          slots)
                 if buf is not None:
                     features[c] = x
                     if contacts.shape[0]:
@@ -423,23 +437,24 @@ class Engine:
                       slots: list) -> tuple:
         """From a profile value ``buf`` (None: cold start), read in place in a
         transaction the caller holds: (features, contacts, the customer's time zone
-        when the channel's pace needs it); the profile's rule slots go into ``slots``."""
+        when the channel's pace needs it, what ``active.tails`` keeps of the profile or
+        None); the profile's rule slots go into ``slots``."""
         if buf is None:
-            return active.zero_features, layout.NO_CONTACTS, None
+            return active.zero_features, layout.NO_CONTACTS, None, None
         n_features, n_contacts, tail_at = layout.read_head(buf, key, active.n_features)
         x = layout.feature_view(buf, n_features)
         contacts = layout.NO_CONTACTS
         if n_contacts and active.has_policies:
             contacts = layout.contacts_view(buf, n_features, n_contacts)
-        zone = None
+        zone = kept = None
         if active.read_tail:
-            values, zones = active.tails.read(buf, key, n_features, tail_at)
-            for slot, v in zip(active.tails.slot_index, values):
+            kept = active.tails.read(buf, key, n_features, tail_at)
+            for slot, v in zip(active.tails.slot_index, kept[VALUES]):
                 slots[slot] = v
             z = active.zone_index.get(channel)
             if z is not None:
-                zone = zones[z]
-        return x, contacts, zone
+                zone = kept[ZONES][z]
+        return x, contacts, zone, kept
 
     def _rank(self, active: _Prepared, channel: str, channel_bit: int, placement_bit: int,
               k: int, slots: list, key: int | None, buf, now: float,
@@ -447,11 +462,20 @@ class Engine:
         """Decide over a profile value ``buf`` (None: cold start) read in a transaction
         the caller holds: the kernel call and the answer around it."""
         catalog = active.catalog
-        x, contacts, zone = self._read_profile(active, channel, key, buf, slots)
+        x, contacts, zone, kept = self._read_profile(active, channel, key, buf, slots)
         slots = np.array(slots, dtype=np.float64)
+        if kept is None:  # no profile, or no rule reads one
+            verdict = active.cold_verdicts.copy()
+        elif kept[VERDICTS] is None:  # this profile version's first decision
+            verdict = active.no_verdicts.copy()
+        else:
+            verdict = kept[VERDICTS].copy()
         eligible, ranked, blocked = decide_offers(
             catalog.code, catalog.consts, slots, active.visit, x, channel_bit, placement_bit, now,
-            k, N_FEATURE_REASONS, contacts, active.policies)
+            k, N_FEATURE_REASONS, contacts, active.policies, verdict)
+        if kept is not None and kept[VERDICTS] is None:
+            active.tails.keep_verdicts(
+                key, kept, np.where(active.profile_only, verdict, -1).astype(np.int8))
         removed = ()
         if explain and active.has_policies:
             removed = self._removed(active, slots, channel_bit, placement_bit, now, blocked)

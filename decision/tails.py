@@ -6,24 +6,38 @@ paced in the customer's local time, the time-zone attribute. Unpacking the tail
 builds a dict per section and a string per key and value; on a hot customer that is
 the same work on the same bytes, request after request.
 
-``TailMemo`` keeps, per profile key, the tail's bytes and what was read from them.
+``TailMemo`` keeps, per profile key, the tail's bytes and what was read from them,
+and, once a decision has run them, the verdicts of the rule programs that read only
+profile fields (``VERDICTS``): the same bytes give the same verdicts, whatever
+the request's context.
 A read copies the stored tail out of the map (one ``bytes``) and compares it with the
 kept one: equal bytes decode to equal values, so a hit is exact, never stale: any
 write to the profile, from any process, changes the bytes it is compared with. The
 memo belongs to one catalog version (the fields its rules read); entries hold only
-bytes, floats and strings, so the garbage collector untracks them and never walks
-the memo. It holds at most ``limit`` profiles and starts afresh when full.
+bytes, floats, strings and an int8 array, so the garbage collector untracks them and
+never walks the memo. It holds at most ``limit`` profiles and starts afresh when full.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from decision import layout
 from decision.segments import fill_slots
 
 #: profiles remembered per catalog version (~0.5 KB each with a typical tail)
 DEFAULT_LIMIT = 50_000
+
+
+# What is kept of one stored profile version: a plain tuple (a collection untracks a
+# tuple of untracked items, not a NamedTuple), read with these indices.
+TAIL, VALUES, ZONES, VERDICTS = range(4)
+# VALUES: the rule slot values in ``TailMemo.slot_index`` order; ZONES: the time zones
+# in ``zone_attributes`` order (None: not a string); VERDICTS: int8[P], the verdicts
+# of the programs that read only profile fields (-1 for the others), or None until a
+# decision has computed them.
 
 
 class TailMemo:
@@ -40,16 +54,16 @@ class TailMemo:
         self.slot_index = tuple(slot for _, _, slot, _ in profile_slots)
         self.zone_attributes = zone_attributes
         self.limit = limit
-        self._entries: dict[int, tuple[bytes, tuple, tuple]] = {}
+        self._entries: dict[int, tuple] = {}
 
-    def read(self, buf, key: int, n_features: int, tail_at: int) -> tuple[tuple, tuple]:
-        """(slot values in ``slot_index`` order, zones in ``zone_attributes`` order:
-        the attribute when it is a string, else None) of the profile value ``buf``."""
+    def read(self, buf, key: int, n_features: int, tail_at: int) -> tuple:
+        """What is kept of the profile value ``buf`` (decoded now if its tail is not
+        the one kept)."""
         tail = bytes(buf[tail_at:])
         entries = self._entries
         kept = entries.get(key)
-        if kept is not None and kept[0] == tail:
-            return kept[1], kept[2]
+        if kept is not None and kept[TAIL] == tail:
+            return kept
         decoded = layout.decode_tail(tail, n_features, key, 0)
         slots = [math.nan] * (max(self.slot_index) + 1 if self.slot_index else 0)
         attributes = decoded["a"]
@@ -59,8 +73,14 @@ class TailMemo:
                       for name in self.zone_attributes)
         if len(entries) >= self.limit:
             entries.clear()
-        entries[key] = (tail, values, zones)
-        return values, zones
+        kept = entries[key] = (tail, values, zones, None)
+        return kept
+
+    def keep_verdicts(self, key: int, kept: tuple, verdicts: np.ndarray) -> None:
+        """Remember the profile-only verdicts a decision computed over ``kept`` (a
+        ``read`` result), unless the profile was read anew since."""
+        if self._entries.get(key) is kept:
+            self._entries[key] = kept[:VERDICTS] + (verdicts,)
 
     def forget(self, key: int) -> None:
         """Drop what is kept of profile ``key`` (erased or merged away)."""

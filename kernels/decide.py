@@ -175,7 +175,7 @@ def _verdicts_of(table, row, visit):
 # (6 runs each; benchmarks/README.md, "The GIL and the single-decision kernel").
 @njit(cache=True, error_model="numpy")
 def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now, k, n_reasons,
-                  contacts, policies):
+                  contacts, policies, verdict):
     """Rank the eligible offers for one customer.
 
     code, consts, slots, channel_bit, placement_bit, now: as
@@ -184,7 +184,10 @@ def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now
     ``scoring.propensity``); x float32[F]: the customer's features.
     k: offers to return (>= 1); n_reasons: top features explained per returned offer.
     contacts int64[H, 2], policies (the tuple ``PolicySet.arrays``): as
-    ``policies.contact_blocks``, at ``now`` (epoch s) in ms.
+    ``policies.contact_blocks``, at ``now`` (epoch s) in ms. verdict int8[P]: the rule
+    verdicts known before the call (``new_verdicts(visit)``: none; the caller may know
+    those that read only profile fields, from an earlier decision on the same stored
+    profile), filled in as programs run.
 
     Returns (eligible_count int64, ranked float64[r, 3 + 2 * n_reasons], blocked
     int32[n]) with r = min(k, eligible_count), best first, ties by lower offer index.
@@ -195,7 +198,7 @@ def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now
     other checks).
     """
     return _decide_one(code, consts, slots, visit, x, channel_bit, placement_bit, now, k,
-                       n_reasons, contacts, policies, new_verdicts(visit))
+                       n_reasons, contacts, policies, verdict)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -198,6 +198,16 @@ def distinct_programs(programs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return program, np.array(rules, dtype=np.int32).reshape(-1, 2)
 
 
+def programs_reading(code: np.ndarray, rules: np.ndarray, slots) -> np.ndarray:
+    """bool[P]: True where program p (rows ``rules[p]`` of ``code``) reads one of
+    ``slots`` (a set of slot indices)."""
+    reads = np.zeros(rules.shape[0], dtype=bool)
+    for p, (start, end) in enumerate(rules.tolist()):
+        reads[p] = any((op == PUSH_SLOT or SC_EQ <= op <= SC_GE) and a in slots
+                       for op, a, _ in code[start:end].tolist())
+    return reads
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _compare(op, x, y):
     """(x op y) as 1.0 / 0.0 for op in EQ..GE (NaN compares false but for !=)."""

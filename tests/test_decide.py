@@ -273,3 +273,32 @@ def test_decide_batch_bad_requests_name_the_index(stub, requests, message):
         stub.DecideBatch(pb.DecideBatchRequest(requests=requests))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.details()
+
+
+def test_repeat_decisions_reuse_profile_verdicts_and_answer_as_a_batch_does(stub):
+    """Decide keeps, per stored profile, the verdicts of rules that read no context
+    (``decision.tails``); DecideBatch evaluates every rule afresh (all customers at
+    once). Same customers, changing contexts, repeated, and a profile change in the
+    middle: every Decide answers exactly as the batch does."""
+    people = {"p0": (3.0, "FR", False), "p1": (1.0, "DE", True), "p2": (2.0, "BE", False)}
+
+    def upsert(who, tier, country, vip):
+        stub.UpsertProfile(pb.UpsertProfileRequest(
+            identifiers=[ident(who)],
+            attributes={"tier": num(tier), "country": text(country), "vip": flag(vip)}))
+
+    for who, profile in people.items():
+        upsert(who, *profile)
+    contexts = [{}, {"country": text("FR")}, {"country": text("DE"), "basket": num(150)},
+                {"basket": num(50)}]
+    requests = [pb.DecideRequest(customer=ident(who), channel=channel, context=context, limit=9)
+                for who in [*people, "nobody"] for context in contexts
+                for channel in ("web", "kiosk")]
+    assert len(requests) >= 32  # the batch evaluates its rules as one table
+    for round_ in range(3):
+        if round_ == 2:
+            upsert("p1", 3.0, "FR", False)  # new bytes: its kept verdicts no longer apply
+        batch = stub.DecideBatch(pb.DecideBatchRequest(requests=requests))
+        for request, want in zip(requests, batch.responses):
+            got = stub.Decide(request)
+            assert (_ranking(got), got.eligible_count) == (_ranking(want), want.eligible_count)

@@ -21,7 +21,8 @@ from decision.rules import FieldTable, ProgramBuilder, string_id
 from kernels import eligibility as vm
 from decision.layout import NO_CONTACTS
 from decision.policies import OUTCOMES, PolicySet, contact_tag
-from kernels.decide import LANES, decide_batch, decide_batch_serial, decide_offers, visit_plan
+from kernels.decide import (LANES, decide_batch, decide_batch_serial, decide_offers, new_verdicts,
+                            visit_plan)
 from kernels.policies import contact_blocks, contact_blocks_reference
 from kernels.eligibility import eligible_mask, eligible_mask_reference
 from kernels.scoring import (
@@ -549,7 +550,7 @@ def fused(code, programs, consts, slots, masks, window, offer_value, weights, bi
     visit = tuple(visit_plan(programs, masks, window, offer_value, weights, bias))
     eligible, ranked, blocked = decide_offers(code, consts, slots, visit, x, channel_bit,
                                               placement_bit, now, k, n_reasons, contacts,
-                                              policies)
+                                              policies, new_verdicts(visit))
     return (ranked[:, 0].astype(np.int32), ranked[:, 1], ranked[:, 2], eligible,
             ranked[:, 3:3 + n_reasons].astype(np.int32), ranked[:, 3 + n_reasons:], blocked)
 

@@ -195,7 +195,7 @@ def test_tail_memo_reuses_only_identical_bytes():
     import math
 
     from decision.rules import string_id
-    from decision.tails import TailMemo
+    from decision.tails import VALUES, VERDICTS, ZONES, TailMemo
 
     slots = (("profile", "tier", 0, "number"), ("profile", "country", 2, "string"),
              ("segment", "vip", 1, "bool"))
@@ -211,13 +211,23 @@ def test_tail_memo_reuses_only_identical_bytes():
         return memo.read(memoryview(buf), key, n, tail_at)
 
     first = value({"tier": 3.0, "country": "FR", "timezone": "Europe/Paris"}, ["vip"])
-    assert read(first) == ((3.0, string_id("FR"), 1.0), ("Europe/Paris",))
-    assert read(first) == ((3.0, string_id("FR"), 1.0), ("Europe/Paris",))  # kept
+    kept = read(first)
+    assert kept[VALUES:VERDICTS] == ((3.0, string_id("FR"), 1.0), ("Europe/Paris",))
+    assert kept[VERDICTS] is None  # no decision has run the rules yet
+    memo.keep_verdicts(7, kept, np.array([1, -1], dtype=np.int8))
+    again = read(first)  # kept, with the verdicts
+    assert again[VALUES:VERDICTS] == kept[VALUES:VERDICTS]
+    assert again[VERDICTS].tolist() == [1, -1]
     changed = value({"tier": 1.0, "timezone": 4.0})  # same key, other bytes
-    values, zones = read(changed)
+    fresh = read(changed)
+    values, zones = fresh[VALUES], fresh[ZONES]
     assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == 0.0
     assert zones == (None,)  # a time zone that is not a string is none
-    gc.collect()  # tuples of bytes, floats and strings are untracked by a collection
+    assert fresh[VERDICTS] is None  # other bytes: the verdicts are not carried over
+    memo.keep_verdicts(7, again, np.array([0, -1], dtype=np.int8))  # read before the change
+    assert read(changed)[VERDICTS] is None  # so not kept for the new bytes
+    memo.keep_verdicts(7, fresh, np.array([0, -1], dtype=np.int8))
+    gc.collect()  # tuples of bytes, floats, strings and arrays are untracked by a collection
     assert not gc.is_tracked(memo._entries[7])
     read(first, key=8)
     read(first, key=9)  # past the limit: starts afresh
