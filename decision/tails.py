@@ -27,7 +27,8 @@ import numpy as np
 from decision import layout
 from decision.segments import fill_slots
 
-#: profiles remembered per catalog version (~0.5 KB each with a typical tail)
+#: profiles remembered per catalog version (~0.5 KB each with a typical tail, plus
+#: ~0.1 KB + one byte per distinct rule program once verdicts are kept)
 DEFAULT_LIMIT = 50_000
 
 
