@@ -48,8 +48,8 @@ from decision.triggers import record_action, record_changes
 from decision.settings import Limits, Settings
 from decision.store import ProfileStore, identity_key, profile_key_bytes
 from decision.tails import VALUES, VERDICTS, ZONES, TailMemo
-from kernels.decide import decide_each, decide_offers, new_verdicts
-from kernels.eligibility import eligible_mask, programs_reading, run_programs
+from kernels.decide import decide_each, decide_offers, new_verdicts, rule_table
+from kernels.eligibility import eligible_mask, programs_reading
 
 log = logging.getLogger("decision.engine")
 _random_bits = random.getrandbits  # decision ids must be unique, not secret (os.urandom: 1 us)
@@ -227,10 +227,9 @@ class _Prepared:
         self.profile_only = ~programs_reading(
             catalog.code, rules, {f.slot for f in catalog.fields.of("context")})
         self.no_verdicts = new_verdicts(self.visit)
-        missing = np.full((self.n_slots, 1), _NAN)
-        cold = np.empty((1, rules.shape[0]), dtype=np.int8)
-        run_programs(catalog.code, catalog.consts, missing, rules, cold)
-        self.cold_verdicts = np.where(self.profile_only, cold[0], -1).astype(np.int8)
+        cold = rule_table(catalog.code, catalog.consts, np.full((1, self.n_slots), _NAN),
+                          self.visit)[0]
+        self.cold_verdicts = np.where(self.profile_only, cold, -1).astype(np.int8)
         self.policy_reasons = tuple(Reason("POLICY", p.describe())
                                     for p in catalog.policies.policies)
 
