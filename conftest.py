@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def pytest_sessionstart(session):
-    from decision.engine import Engine
+    from decision.core.engine import Engine
     from decision.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="decision-warm-"))

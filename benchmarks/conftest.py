@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from decision.demo import customer_id, ensure_demo
-from decision.engine import DecideQuery, Engine, Identifier
+from decision.core.engine import DecideQuery, Engine, Identifier
 from decision.settings import Settings
 
 N_OFFERS = 1000

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from benchmarks.conftest import demo_queries, percentiles
 from decision.demo import ensure_demo
-from decision.engine import Engine
+from decision.core.engine import Engine
 from decision.loadtest import Load, Target, Workload, ratios, run_load
 from decision.loadtest.plots import save_plots
 from decision.loadtest.servers import decision_server, floor_server

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from benchmarks.conftest import ci_slack, record
-from decision.campaign import CampaignSpec, run_campaign
+from decision.core.inspire import CampaignSpec, run_campaign
 from decision.demo import ensure_demo
-from decision.engine import Engine
+from decision.core.engine import Engine
 from decision.settings import Settings
 
 N_CUSTOMERS = 1_000_000

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.conftest import N_OFFERS, ci_slack, percentiles, record
-from decision.layout import NO_CONTACTS
+from decision.store.layout import NO_CONTACTS
 from kernels.decide import decide_offers, new_verdicts
 
 BUDGET_P99_US = 60.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.conftest import ci_slack, percentiles, record
-from decision import layout
+from decision.store import layout
 
 BUDGET_P99_US = 20.0
 

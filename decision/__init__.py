@@ -2,11 +2,11 @@
 
 The package is layered so each part can be used on its own:
 
-- ``decision.engine``   the plain-Python core (``Engine.decide`` and friends); no gRPC.
-- ``decision.catalog``  loads the offer catalog (TOML) into immutable arrays.
-- ``decision.rules``    compiles eligibility expressions into kernel programs.
-- ``decision.store``    profiles in a memory-mapped LMDB environment.
-- ``decision.server``   the thin gRPC layer over the engine.
+- ``decision.core.engine``   the plain-Python core (``Engine.decide`` and friends); no gRPC.
+- ``decision.config.catalog``  loads the offer catalog (TOML) into immutable arrays.
+- ``decision.config.rules``    compiles eligibility expressions into kernel programs.
+- ``decision.store.database``    profiles in a memory-mapped LMDB environment.
+- ``decision.edge.server``   the thin gRPC layer over the engine.
 - ``decision.cli``      the ``decision`` command.
 - ``kernels``           (top-level package) the Numba-compiled hot path.
 """

@@ -112,7 +112,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args) -> int:
     from decision.logs import configure
-    from decision.server import serve_workers
+    from decision.edge.supervisor import serve_workers
 
     configure(args.log_format)
     serve_workers(_settings(args, Path(args.data_dir), Path(args.catalog)))
@@ -120,7 +120,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_floor(args) -> int:
-    from decision.floor import serve_floor
+    from decision.edge.floor import serve_floor
 
     serve_floor(_settings(args, Path("."), Path(".")))
     return 0
@@ -129,7 +129,7 @@ def cmd_floor(args) -> int:
 def cmd_demo(args) -> int:
     from decision.demo import ensure_demo
     from decision.logs import configure as configure_logs
-    from decision.server import serve
+    from decision.edge.server import serve
 
     data_dir = Path(args.data_dir)
     print(f"decision demo: data in {data_dir.resolve()}", flush=True)
@@ -298,8 +298,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_campaign(args) -> int:
-    from decision.campaign import CampaignSpec, run_campaign
-    from decision.engine import Engine
+    from decision.core.inspire import CampaignSpec, run_campaign
+    from decision.core.engine import Engine
 
     settings = _settings(args, Path(args.data_dir), Path(args.catalog))
     engine = Engine(settings, publish=False)  # a batch job: serving state is not ours
@@ -323,7 +323,7 @@ def cmd_loadtest(args) -> int:
 
 
 def cmd_backup(args) -> int:
-    from decision.backup import backup
+    from decision.store.backup import backup
 
     started = time.perf_counter()
     summary = backup(args.data_dir, args.out)
@@ -333,7 +333,7 @@ def cmd_backup(args) -> int:
 
 
 def cmd_restore(args) -> int:
-    from decision.backup import restore
+    from decision.store.backup import restore
 
     summary = restore(args.backup, args.data_dir, force=args.force)
     print(f"decision: restored {args.backup} into {args.data_dir}: {summary.line()}",

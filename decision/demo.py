@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from decision.catalog import load_catalog
-from decision.layout import ProfileRecord
-from decision.policies import OUTCOMES, contact_tag
-from decision.store import ProfileStore
+from decision.config.catalog import load_catalog
+from decision.store.layout import ProfileRecord
+from decision.config.policies import OUTCOMES, contact_tag
+from decision.store.database import ProfileStore
 
 FEATURES = (
     "recency_days", "frequency_30d", "frequency_90d", "monetary_30d", "monetary_90d",
@@ -147,7 +147,7 @@ def catalog_text(n_offers: int, seed: int = 7, everywhere: bool = False) -> str:
 
 
 EVENTS = """
-# What customer events do to a profile (decision/events.py)
+# What customer events do to a profile (decision/config/events.py)
 [events.page_view]
 fields = { page = "string" }
 do = [
@@ -192,14 +192,14 @@ event = "add_to_cart"
 when = "not segment.high_value"
 
 # A delayed action: 30 minutes after the last add-to-cart, unless a purchase came
-# first, decide the e-mail to send (decision/triggers.py)
+# first, decide the e-mail to send (decision/config/triggers.py)
 [triggers.cart_followup]
 event = "add_to_cart"
 delay = "30m"
 cancel_on = ["purchase"]
 decide = { channel = "email", limit = 1 }
 
-# Channel pace: e-mail goes out later, in the customer's daytime (decision/pace.py)
+# Channel pace: e-mail goes out later, in the customer's daytime (decision/config/pace.py)
 [pace.email]
 deliver = "later"
 min_delay = "5m"
@@ -207,7 +207,7 @@ send_window = ["08:00", "21:00"]
 timezone = "Europe/Paris"
 timezone_attribute = "timezone"
 
-# Contact policies, enforced in the kernels (decision/policies.py)
+# Contact policies, enforced in the kernels (decision/config/policies.py)
 [[policy]]
 name = "offer-weekly"
 type = "cap"

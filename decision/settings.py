@@ -58,7 +58,7 @@ class Settings:
     """Everything a server process needs to start.
 
     ``data_dir``        the LMDB environment (created if missing).
-    ``catalog_path``    the offer catalog, TOML (see ``decision.catalog``).
+    ``catalog_path``    the offer catalog, TOML (see ``decision.config.catalog``).
     ``address``         listen address, ``host:port``; port 0 picks a free port.
     ``workers``         server processes sharing the port (SO_REUSEPORT) and the store.
     ``threads``         gRPC handler threads per process.
@@ -70,7 +70,7 @@ class Settings:
                         beside the data directory).
     ``tls_cert``, ``tls_key`` PEM server certificate chain and private key: serve TLS.
     ``tls_client_ca``   PEM CA bundle: require client certificates signed by it (mTLS).
-    ``credentials``     TOML file of clients, tokens and roles (``decision.auth``);
+    ``credentials``     TOML file of clients, tokens and roles (``decision.edge.auth``);
                         None: no authentication.
     ``allow_unauthenticated`` serve without credentials on a non-loopback address.
     ``max_in_flight``   requests worked on at once per process (default

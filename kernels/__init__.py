@@ -9,7 +9,7 @@
 
 Every kernel is compiled with ``cache=True`` (compiled once per machine, loaded from
 disk afterwards) and has a NumPy reference its tests compare against.
-``decision.engine.Engine.warm`` runs one real decision before a server reports
+``decision.core.engine.Engine.warm`` runs one real decision before a server reports
 SERVING, so nothing compiles on the request path.
 
 Numba keys a cached function by its own source file only: a kernel whose callee in

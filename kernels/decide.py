@@ -297,20 +297,6 @@ def decide_batch(code, consts, slots, visit, features, contacts, contact_start, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def decide_batch_serial(code, consts, slots, visit, features, contacts, contact_start,
-                        channel_bit, placement_bit, now, k, policies):
-    """``decide_batch`` on the calling thread, one block after another (for callers
-    that are already one of many threads: gRPC handlers)."""
-    m = slots.shape[0]
-    chosen, score, prop, filled, eligible = _batch_outputs(m, k)
-    for b in range((m + LANES - 1) // LANES):
-        _batch_block(b, code, consts, slots, visit, features, contacts, contact_start,
-                     channel_bit, placement_bit, now, k, policies, chosen, score, prop, filled,
-                     eligible)
-    return chosen, score, prop, filled, eligible
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def decide_each(code, consts, slots, visit, features, contacts, contact_start, channel_bits,
                 placement_bits, now, ks, n_reasons, policies):
     """``decide_offers`` for every row of a batch of requests (``DecideBatch``: several

@@ -18,11 +18,11 @@ distinct programs, ``distinct_programs``): catalogs repeat conditions ("tier >= 
 segment) across many offers. ``run_programs`` evaluates every program for many slot
 vectors at once (a batch of customers), one instruction at a time for all of them.
 Operands are float64 on a fixed stack of ``MAX_STACK`` entries; the compiler
-(``decision.rules``) proves the depth bound and the types at catalog load, so the
+(``decision.config.rules``) proves the depth bound and the types at catalog load, so the
 kernel does no checking. Values:
 
 - numbers as themselves; booleans as 1.0 / 0.0; strings as a 52-bit integer id
-  (exact in float64) given by ``decision.rules.string_id``;
+  (exact in float64) given by ``decision.config.rules.string_id``;
 - a missing field is NaN: every comparison with NaN is false except ``!=``, which is
   true (a missing value equals nothing), and NaN is falsy.
 

@@ -1,7 +1,7 @@
 """A ``DecideResponse``'s wire bytes from the kernel's ranked rows, compiled.
 
 Protobuf's wire format concatenates, so an answer is assembled from bytes serialised
-once per catalog version (``decision.wire.OfferEncodings``: each offer's static part,
+once per catalog version (``decision.edge.wire.OfferEncodings``: each offer's static part,
 each feature's reason prefix, the catalog version) and the few values that vary per
 request (rank, score, propensity, feature weights, counts and times), written here.
 In Python, that assembly cost ~1.5 us per offer in ``struct`` packing and list
@@ -16,7 +16,7 @@ Layout of the arguments:
   follow it) is string ``features + j``, and the pieces ``F_*`` below are strings
   ``fixed + F_*``. One array for all (each array argument costs ~35 ns to pass).
 
-Nothing is checked here: ``decision.wire`` builds the tables, and its tests compare
+Nothing is checked here: ``decision.edge.wire`` builds the tables, and its tests compare
 the bytes, parsed, with the message the protobuf classes build.
 """
 
@@ -69,7 +69,7 @@ def _text(out, at, text):
 @njit(cache=True, error_model="numpy")
 def _double(out, at, tag, x, scratch, scratch_bytes):
     """[tag (if >= 0)] + x's 8 bytes, in the machine's order: little-endian, as
-    protobuf's wire format wants (``decision.wire`` refuses a big-endian machine)."""
+    protobuf's wire format wants (``decision.edge.wire`` refuses a big-endian machine)."""
     if tag >= 0:
         out[at] = tag
         at += 1

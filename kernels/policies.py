@@ -1,4 +1,4 @@
-"""Contact policies over a customer's contact history (``decision.policies``).
+"""Contact policies over a customer's contact history (``decision.config.policies``).
 
 ``contact_blocks`` marks, for every offer, the first policy that removes it. It reads
 the history in place (int64 pairs ``(at_ms, tag)``, the tag packing the offer's and

@@ -7,7 +7,7 @@ For offer ``i`` and customer features ``x`` (float32[F])::
     propensity_i = sigmoid(bias[i] + sum_j weights[i, j] * x[j])
 
 ``weights`` (float32[n, F]) and ``bias`` (float64[n]) are prepared once per catalog
-by ``decision.catalog`` from a logistic model over customer features *and* offer
+by ``decision.config.catalog`` from a logistic model over customer features *and* offer
 features: ``weights[i] = w_customer + A @ e_i`` and ``bias[i] = b + w_offer . e_i``
 where ``e_i`` are offer ``i``'s features and ``A`` the customer x offer interaction
 matrix. The request then costs one dot product of length F per eligible offer.

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from decision.server import create_server, start
+from decision.edge.server import create_server, start
 from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc

@@ -128,8 +128,8 @@ def test_campaign_reads_chunk_after_chunk_and_skips_corrupt_profiles(shop, monke
     """Chunks of 2 profiles (each its own read transaction) resume where the last one
     stopped: every member once; a profile value that is not one of ours is left out
     and counted, the rest of the campaign goes on."""
-    from decision import campaign
-    from decision.store import profile_key_bytes
+    from decision.core import inspire as campaign
+    from decision.store.database import profile_key_bytes
 
     monkeypatch.setattr(campaign, "CHUNK", 2)
     store = shop.running.engine.store

@@ -7,7 +7,7 @@ import threading
 import grpc
 import pytest
 
-from decision.catalog import load_catalog
+from decision.config.catalog import load_catalog
 from decision.errors import CatalogError
 from decision.v1 import decision_pb2 as pb
 from tests.conftest import TEST_CATALOG, ident, text
@@ -161,10 +161,10 @@ def test_committed_stubs_are_current():
 def test_processes_with_different_catalog_files_do_not_take_turns(tmp_path, catalog_file):
     """Two engines on one store, each with its own (different) file: a reload in one
     is not chased forever by the other."""
-    from decision.engine import Engine
+    from decision.core.engine import Engine
     from decision.errors import FailedPrecondition
     from decision.settings import Settings
-    from decision.store import ProfileStore
+    from decision.store.database import ProfileStore
 
     other = tmp_path / "other.toml"
     other.write_text(BASE.replace('version = "test"', 'version = "other"'))

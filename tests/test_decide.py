@@ -103,7 +103,7 @@ def test_next_decision_sees_a_profile_update(stub, alice):
     stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("alice")],
                                                attributes={"tier": num(1)}))
     assert "gold-upgrade" not in [o.offer_id for o in stub.Decide(ask).offers]
-    # back and forth: what a decision remembers of a profile (decision.tails) is only
+    # back and forth: what a decision remembers of a profile (decision.core.tails) is only
     # ever reused for the very bytes it was read from
     for tier in (3, 1, 3, 0, 2, 1):
         stub.UpsertProfile(pb.UpsertProfileRequest(identifiers=[ident("alice")],
@@ -161,7 +161,7 @@ def test_undeclared_context_keys_are_ignored(stub):
 
 
 def test_corrupt_profile_is_a_clear_error_for_that_customer_only(stub, running, alice):
-    from decision.store import profile_key_bytes
+    from decision.store.database import profile_key_bytes
 
     key = int(alice.profile_key, 16)
     running.engine.store.write(lambda txn: txn.put(
@@ -192,7 +192,7 @@ def test_nothing_compiles_on_the_request_path(stub, alice):
 
 
 def _store_raw(running, key: int, record_bytes: bytes, identifier: str) -> None:
-    from decision.store import identity_key, profile_key_bytes
+    from decision.store.database import identity_key, profile_key_bytes
 
     store = running.engine.store
 
@@ -209,7 +209,7 @@ def test_stored_attribute_of_another_type_reads_as_missing(stub, running):
     must not break decisions: a value of the wrong type is a missing value."""
     import numpy as np
 
-    from decision.layout import ProfileRecord, encode
+    from decision.store.layout import ProfileRecord, encode
 
     record = ProfileRecord(key=900, features=np.zeros(4, np.float32),
                            attributes={"tier": "gold", "country": 33.0, "vip": "yes"},
@@ -225,7 +225,7 @@ def test_stored_attribute_of_another_type_reads_as_missing(stub, running):
 def test_feature_vector_of_another_width_is_data_loss(stub, running):
     import numpy as np
 
-    from decision.layout import ProfileRecord, encode
+    from decision.store.layout import ProfileRecord, encode
 
     record = ProfileRecord(key=901, features=np.ones(40, np.float32),
                            identifiers=[("customer_id", "wide")])
@@ -277,7 +277,7 @@ def test_decide_batch_bad_requests_name_the_index(stub, requests, message):
 
 def test_repeat_decisions_reuse_profile_verdicts_and_answer_as_a_batch_does(stub):
     """Decide keeps, per stored profile, the verdicts of rules that read no context
-    (``decision.tails``); DecideBatch evaluates every rule afresh (all customers at
+    (``decision.core.tails``); DecideBatch evaluates every rule afresh (all customers at
     once). Same customers, changing contexts, repeated, and a profile change in the
     middle: every Decide answers exactly as the batch does."""
     people = {"p0": (3.0, "FR", False), "p1": (1.0, "DE", True), "p2": (2.0, "BE", False)}

@@ -248,7 +248,7 @@ def test_a_long_stream_of_rejections_keeps_the_summary_small(stub):
 def test_an_identifier_left_dangling_gets_a_working_profile(stub, running):
     """An identity entry whose profile is gone (foreign damage): the next event makes a
     new profile and re-links the identifier to it, so the one after finds it."""
-    from decision.store import identity_key, profile_key_bytes
+    from decision.store.database import identity_key, profile_key_bytes
 
     store = running.engine.store
     store.write(lambda txn: txn.put(identity_key("customer_id", "ghost"),

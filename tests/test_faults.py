@@ -19,7 +19,7 @@ import lmdb
 import msgpack
 import pytest
 
-from decision.store import identity_key, profile_key_bytes
+from decision.store.database import identity_key, profile_key_bytes
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from tests.conftest import TEST_CATALOG, ServerProcess, free_port, ident, num, text
@@ -217,7 +217,7 @@ def test_backups_taken_while_the_map_grows_are_each_one_snapshot(tmp_path):
         per_profile = events_per_profile(copy)
         env = lmdb.open(str(copy), readonly=True, lock=False, max_dbs=16, map_size=0)
         try:
-            from decision.layout import decode
+            from decision.store.layout import decode
 
             profiles = env.open_db(b"profiles", create=False)
             with env.begin() as txn:
@@ -416,7 +416,7 @@ GARBAGE = [
 
 
 def _head(n: int = 4) -> bytes:
-    from decision.layout import HEAD, LAYOUT_VERSION, MAGIC
+    from decision.store.layout import HEAD, LAYOUT_VERSION, MAGIC
 
     return HEAD.pack(MAGIC, LAYOUT_VERSION, 0, n, 0, 0) + bytes(4 * n)
 

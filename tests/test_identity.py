@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from decision.store import profile_key_bytes
+from decision.store.database import profile_key_bytes
 from decision.v1 import decision_pb2 as pb
 from tests.conftest import ident, num, text
 

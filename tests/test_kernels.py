@@ -2,7 +2,7 @@
 
 Every kernel in ``kernels`` has a ``*_reference`` written independently in the same
 module; these tests compare the two on random but valid inputs (rule programs come
-from random well-typed expressions compiled by ``decision.rules``), and check that the
+from random well-typed expressions compiled by ``decision.config.rules``), and check that the
 fused ``kernels.decide.decide_offers`` equals the composition of the single kernels.
 
 The tests also run with ``NUMBA_DISABLE_JIT=1``: kernels then execute as Python over
@@ -17,11 +17,11 @@ import math
 import numpy as np
 import pytest
 
-from decision.rules import FieldTable, ProgramBuilder, string_id
+from decision.config.rules import FieldTable, ProgramBuilder, string_id
 from kernels import eligibility as vm
-from decision.layout import NO_CONTACTS
-from decision.policies import OUTCOMES, PolicySet, contact_tag
-from kernels.decide import (LANES, decide_batch, decide_batch_serial, decide_offers, new_verdicts,
+from decision.store.layout import NO_CONTACTS
+from decision.config.policies import OUTCOMES, PolicySet, contact_tag
+from kernels.decide import (LANES, decide_batch, decide_offers, new_verdicts,
                             visit_plan)
 from kernels.policies import contact_blocks, contact_blocks_reference
 from kernels.eligibility import eligible_mask, eligible_mask_reference
@@ -769,7 +769,7 @@ def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng, m):
     visit = tuple(visit_plan(programs, masks, window, offer_value, weights, bias))
     batch_args = (code, consts, np.stack(rows_slots), visit, np.stack(rows_x), flat, starts,
                   channel_bit, 0, NOW, k, policies.arrays)
-    for kernel in (decide_batch, decide_batch_serial):
+    for kernel in (decide_batch,):
         chosen_b, score_b, prop_b, filled, eligible_b = quiet(kernel, *batch_args)
         for c in range(m):
             one = quiet(fused, code, programs, consts, rows_slots[c], masks, window,

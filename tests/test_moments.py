@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from decision.engine import Engine
-from decision.server import create_server, start
+from decision.core.engine import Engine
+from decision.edge.server import create_server, start
 from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
@@ -440,7 +440,7 @@ def test_a_zone_that_is_not_a_zone_falls_back_and_holds_back_nobody(moments, clo
      None, ["03:00", "22:00"], datetime(2026, 3, 29, 1, 0, tzinfo=timezone.utc)),
 ])
 def test_pace_across_daylight_saving_changes(zone, decided, quiet, window, want):
-    from decision.pace import ChannelPace
+    from decision.config.pace import ChannelPace
 
     spec = {"deliver": "later", "timezone": zone}
     if quiet:

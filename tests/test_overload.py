@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from decision.server import create_server, start
+from decision.edge.server import create_server, start
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, free_port, ident, num, text

@@ -6,9 +6,9 @@ import grpc
 import numpy as np
 import pytest
 
-from decision import layout
-from decision.layout import ProfileRecord
-from decision.store import ProfileStore
+from decision.store import layout
+from decision.store.layout import ProfileRecord
+from decision.store.database import ProfileStore
 from decision.v1 import decision_pb2 as pb
 from tests.conftest import flag, ident, num, text
 
@@ -120,7 +120,7 @@ def test_map_grows_instead_of_failing(tmp_path):
 
 
 def test_map_growth_through_the_api(tmp_path, catalog_file):
-    from decision.server import create_server, start
+    from decision.edge.server import create_server, start
     from decision.settings import Settings
     from decision.v1 import decision_pb2_grpc as pb_grpc
 
@@ -158,8 +158,8 @@ def test_identifiers_per_profile_are_bounded(stub):
 def test_profile_with_a_malformed_tail_is_data_loss(stub, running):
     import msgpack
 
-    from decision.layout import HEAD, LAYOUT_VERSION, MAGIC
-    from decision.store import identity_key, profile_key_bytes
+    from decision.store.layout import HEAD, LAYOUT_VERSION, MAGIC
+    from decision.store.database import identity_key, profile_key_bytes
 
     value = HEAD.pack(MAGIC, LAYOUT_VERSION, 0, 4, 0, 0) + bytes(16) + msgpack.packb(
         {"a": ["not", "a", "map"], "c": {}, "i": [], "t": 0})
@@ -194,8 +194,8 @@ def test_tail_memo_reuses_only_identical_bytes():
     import gc
     import math
 
-    from decision.rules import string_id
-    from decision.tails import VALUES, VERDICTS, ZONES, TailMemo
+    from decision.config.rules import string_id
+    from decision.core.tails import VALUES, VERDICTS, ZONES, TailMemo
 
     slots = (("profile", "tier", 0, "number"), ("profile", "country", 2, "string"),
              ("segment", "vip", 1, "bool"))

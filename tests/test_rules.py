@@ -1,4 +1,4 @@
-"""The rule language: compile with ``decision.rules`` and evaluate through the kernel.
+"""The rule language: compile with ``decision.config.rules`` and evaluate through the kernel.
 
 Valid rules are checked against expectations written by hand, evaluated by
 ``kernels.eligibility.eligible_mask`` on one offer (and, as a cross-check, by its NumPy
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from decision.errors import CatalogError, RuleError
-from decision.rules import FieldTable, ProgramBuilder, string_id
+from decision.config.rules import FieldTable, ProgramBuilder, string_id
 from kernels.eligibility import MAX_STACK, eligible_mask, eligible_mask_reference
 
 FIELDS = FieldTable(

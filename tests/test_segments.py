@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from decision.catalog import load_catalog
+from decision.config.catalog import load_catalog
 from decision.errors import CatalogError
 from decision.v1 import decision_pb2 as pb
 from tests.conftest import TEST_CATALOG, ident, num, text

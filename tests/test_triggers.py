@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from decision.catalog import load_catalog
+from decision.config.catalog import load_catalog
 from decision.errors import CatalogError
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
@@ -175,7 +175,7 @@ def test_subscribers_are_capped_so_the_server_keeps_answering(stub, running):
 
 
 def test_shutdown_does_not_wait_for_subscribers(settings):
-    from decision.server import create_server, start
+    from decision.edge.server import create_server, start
 
     running = create_server(settings)
     start(running)

@@ -1,13 +1,13 @@
-"""decision.wire must produce exactly the DecideResponse the message API would build."""
+"""decision.edge.wire must produce exactly the DecideResponse the message API would build."""
 
 from __future__ import annotations
 
 import pytest
 
-from decision.engine import DecideQuery, Engine, Identifier, ProfileUpdate
-from decision.server import decision_message
+from decision.core.engine import DecideQuery, Engine, Identifier, ProfileUpdate
+from decision.edge.wire import decision_message
 from decision.v1 import decision_pb2 as pb
-from decision.wire import OfferEncodings, varint, encode_decision
+from decision.edge.wire import OfferEncodings, varint, encode_decision
 
 
 @pytest.fixture

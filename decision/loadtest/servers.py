@@ -1,7 +1,7 @@
 """Servers the harness starts itself: the empty-handler floor, a decision server.
 
 Each is a real ``decision`` subprocess on a free loopback port, started with the same
-transport settings as ``decision serve`` (``decision.server.grpc_server``), and
+transport settings as ``decision serve`` (``decision.edge.server.grpc_server``), and
 stopped with SIGTERM when the ``with`` block ends.
 """
 

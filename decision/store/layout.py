@@ -13,7 +13,7 @@ A profile value is a fixed binary head the kernels read in place, then msgpack::
     16      4*F   features, float32 little-endian: read with np.frombuffer, no copy
     C       16*H  only when H > 0, at C = 16+4F rounded up to 8: the contact history,
                   int64 little-endian pairs (at_ms, tag), oldest first, read in place
-                  by the policy kernel (``decision.policies`` explains the tag)
+                  by the policy kernel (``decision.config.policies`` explains the tag)
     T       ...   msgpack map, at T = 16+4F when H = 0, else C+16H:
                                {"a": attributes {name: str|float|bool},
                                 "c": counters {name: float},

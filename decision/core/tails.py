@@ -1,6 +1,6 @@
 """What a decision reads from a stored profile's msgpack tail, remembered by content.
 
-A decision needs two things from the tail (``decision.layout``): the values of the
+A decision needs two things from the tail (``decision.store.layout``): the values of the
 profile fields its rules read (attributes, counters, segments) and, on a channel
 paced in the customer's local time, the time-zone attribute. Unpacking the tail
 builds a dict per section and a string per key and value; on a hot customer that is
@@ -24,8 +24,8 @@ import math
 
 import numpy as np
 
-from decision import layout
-from decision.segments import fill_slots
+from decision.store import layout
+from decision.config.segments import fill_slots
 
 #: profiles remembered per catalog version (~0.5 KB each with a typical tail, plus
 #: ~0.1 KB + one byte per distinct rule program once verdicts are kept)

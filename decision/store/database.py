@@ -5,11 +5,11 @@ Named databases (sub-dbs) of the environment:
 =============  ===============================  =====================================
 db             key                              value
 =============  ===============================  =====================================
-``profiles``   profile key, uint64 big-endian   ``decision.layout`` record
+``profiles``   profile key, uint64 big-endian   ``decision.store.layout`` record
 ``identity``   ``kind \\x1f value`` (UTF-8)      profile key (8 bytes)
 ``events``     event_id (UTF-8)                 msgpack [profile key, applied at ms]:
                                                 the ids of applied events (dedupe)
-``triggers``   cursor, uint64 big-endian         msgpack trigger (``decision.triggers``)
+``triggers``   cursor, uint64 big-endian         msgpack trigger (``records.Trigger``)   
 ``schedule``   due ms, profile key (uint64 BE   msgpack [trigger name, profile key,
                each), trigger name              scheduled at ms, event_id]: delayed
                                                 actions in due order
@@ -36,17 +36,25 @@ from __future__ import annotations
 import functools
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import lmdb
 import msgpack
 
 from decision.errors import CorruptProfile, StoreError
-from decision.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
+from decision.store.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
+from decision.store.records import (
+    ACTION, EVENT, SEGMENT_ENTER, SEGMENT_LEAVE, ScheduledAction, Trigger, event_profile, owner,
+    pack_action, pack_event, pack_trigger, unpack_action, unpack_trigger,
+)
 
 T = TypeVar("T")
 KEY_BYTES = 8
 _SEP = "\x1f"
+
+#: Every sub-database of the environment, in the order of the table above. Backup,
+#: restore and the README follow this list.
+SUB_DATABASES = ("profiles", "identity", "events", "triggers", "schedule", "pending", "meta")
 
 
 def profile_key_bytes(key: int) -> bytes:
@@ -55,16 +63,6 @@ def profile_key_bytes(key: int) -> bytes:
 
 def identity_key(kind: str, value: str) -> bytes:
     return f"{kind}{_SEP}{value}".encode()
-
-
-def _owner(value, position: int):
-    """The profile key at ``position`` of a msgpack list value; None for a value that
-    is not one (written by something else: it names no profile of ours)."""
-    try:
-        item = msgpack.unpackb(value)[position]
-    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
-        return None
-    return item if isinstance(item, int) else None
 
 
 class _MapGate:
@@ -147,6 +145,20 @@ class Reader:
         """The stored profile value (a memoryview into the map), or None."""
         return self._txn.get(profile_key_bytes(key), db=self._store.profiles_db)
 
+    def published_catalog(self) -> str | None:
+        return self._store.published_catalog_in(self._txn)
+
+    def profiles(self, after: int | None = None) -> Iterator[tuple[int, memoryview]]:
+        """(key, stored value) of every profile in key order, from the first key after
+        ``after`` (None: from the start); the values point into the map."""
+        cursor = self._txn.cursor(db=self._store.profiles_db)
+        more = (cursor.set_range(profile_key_bytes(after + 1)) if after is not None
+                else cursor.first())
+        while more:
+            key, buf = cursor.item()
+            yield int.from_bytes(key, "big"), buf
+            more = cursor.next()
+
 
 class ProfileStore:
     """The LMDB environment and its named databases."""
@@ -164,13 +176,9 @@ class ProfileStore:
             raise StoreError(f"{self.path}: cannot open the profile store: {exc}") from None
         self._gate = _MapGate()
         self.clear_stale_readers()
-        self.profiles_db = self.env.open_db(b"profiles", create=not readonly)
-        self.identity_db = self.env.open_db(b"identity", create=not readonly)
-        self.meta_db = self.env.open_db(b"meta", create=not readonly)
-        self.events_db = self.env.open_db(b"events", create=not readonly)
-        self.triggers_db = self.env.open_db(b"triggers", create=not readonly)
-        self.schedule_db = self.env.open_db(b"schedule", create=not readonly)
-        self.pending_db = self.env.open_db(b"pending", create=not readonly)
+        (self.profiles_db, self.identity_db, self.events_db, self.triggers_db,
+         self.schedule_db, self.pending_db, self.meta_db) = (
+            self.env.open_db(name.encode(), create=not readonly) for name in SUB_DATABASES)
         self.committed = threading.Condition()  # notified after every write commit
 
     def close(self) -> None:
@@ -254,13 +262,18 @@ class ProfileStore:
 
     def published_catalog(self) -> str | None:
         with self.reader() as r:
-            return self.published_catalog_in(r._txn)
+            return r.published_catalog()
 
     def published_catalog_in(self, txn: lmdb.Transaction) -> str | None:
         raw = txn.get(b"catalog_version", db=self.meta_db)
         return None if raw is None else bytes(raw).decode("utf-8", "replace")
 
     # ------------------------------------------------------------- profiles
+    def reserve_keys(self, txn: lmdb.Transaction, next_key: int) -> None:
+        """Keys below ``next_key`` are taken (profiles written with keys of their own:
+        the demo's bulk load); ``allocate_key`` continues from there."""
+        txn.put(b"next_key", profile_key_bytes(next_key), db=self.meta_db)
+
     def allocate_key(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"next_key", db=self.meta_db)
         key = 1 if raw is None else int.from_bytes(raw, "big")
@@ -279,6 +292,18 @@ class ProfileStore:
             for kind, value in record.identifiers:
                 txn.put(identity_key(kind, value), profile_key_bytes(record.key),
                         db=self.identity_db)
+
+    def profile_value(self, txn: lmdb.Transaction, key: int):
+        """The stored profile value (a buffer valid in ``txn``), or None."""
+        return txn.get(profile_key_bytes(key), db=self.profiles_db)
+
+    def drop_profile(self, txn: lmdb.Transaction, key: int) -> None:
+        """Delete a profile's value only: a profile merged into another, whose
+        identifiers the survivor's ``save`` re-points."""
+        txn.delete(profile_key_bytes(key), db=self.profiles_db)
+
+    def unlink_identifier(self, txn: lmdb.Transaction, kind: str, value: str) -> None:
+        txn.delete(identity_key(kind, value), db=self.identity_db)
 
     def delete_profile(self, txn: lmdb.Transaction, record: ProfileRecord) -> int:
         """Delete a profile and the identifiers still pointing at it; return how many
@@ -318,12 +343,38 @@ class ProfileStore:
     def _delete_where(txn: lmdb.Transaction, db, position: int, keys: set[int]) -> int:
         """Delete the entries of ``db`` whose msgpack list holds one of ``keys`` at
         ``position``."""
-        doomed = [k for k, v in txn.cursor(db=db) if _owner(v, position) in keys]
+        doomed = [k for k, v in txn.cursor(db=db) if owner(v, position) in keys]
         for k in doomed:
             txn.delete(k, db=db)
         return len(doomed)
 
+    # ------------------------------------------------------------- applied events
+    def applied_event(self, txn: lmdb.Transaction, dedupe_key: bytes) -> int | None:
+        """The profile key an event with this id was applied to, or None (not seen)."""
+        seen = txn.get(dedupe_key, db=self.events_db)
+        return None if seen is None else event_profile(seen)
+
+    def record_event(self, txn: lmdb.Transaction, dedupe_key: bytes, key: int,
+                     now_ms: int) -> None:
+        txn.put(dedupe_key, pack_event(key, now_ms), db=self.events_db)
+
     # ------------------------------------------------------------- trigger log
+    def log_triggers(self, txn: lmdb.Transaction, record: ProfileRecord, entered, left,
+                     at_ms: int, fired=(), event_id: str = "") -> None:
+        """Append the triggers of one profile write (segments entered and left, event
+        patterns fired) to the log, inside its transaction."""
+        for kind, names in ((SEGMENT_ENTER, entered), (SEGMENT_LEAVE, left), (EVENT, fired)):
+            for name in names:
+                self.append_trigger(txn, pack_trigger(kind, name, record.key,
+                                                      record.identifiers, at_ms, event_id))
+
+    def log_action(self, txn: lmdb.Transaction, record: ProfileRecord, name: str, at_ms: int,
+                   event_id: str, decision: dict | None) -> int:
+        """Append a delayed action that came due (with its decision) to the log."""
+        return self.append_trigger(txn, pack_trigger(ACTION, name, record.key,
+                                                     record.identifiers, at_ms, event_id,
+                                                     decision))
+
     def append_trigger(self, txn: lmdb.Transaction, value: bytes) -> int:
         raw = txn.get(b"next_trigger", db=self.meta_db)
         cursor = 1 if raw is None else int.from_bytes(raw, "big")
@@ -337,25 +388,26 @@ class ProfileStore:
             raw = r.meta(b"next_trigger")
         return 1 if raw is None else int.from_bytes(raw, "big")
 
-    def triggers_from(self, cursor: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` (cursor, value) log entries from ``cursor`` on, in order."""
+    def triggers_from(self, cursor: int, limit: int) -> list[Trigger]:
+        """Up to ``limit`` log entries from ``cursor`` on, in order."""
         out = []
         with self.reader() as r:
             c = r._txn.cursor(db=self.triggers_db)
             if c.set_range(profile_key_bytes(cursor)):
                 for k, v in c:
-                    out.append((int.from_bytes(k, "big"), bytes(v)))
+                    out.append(unpack_trigger(int.from_bytes(k, "big"), v))
                     if len(out) >= limit:
                         break
         return out
 
     # ------------------------------------------------------------- delayed actions
-    def schedule_action(self, txn: lmdb.Transaction, key: int, name: str, due_ms: int,
-                        value: bytes) -> None:
-        """Schedule (or move) the customer's pending action ``name`` to ``due_ms``."""
+    def schedule_action(self, txn: lmdb.Transaction, due_ms: int,
+                        action: ScheduledAction) -> None:
+        """Schedule (or move) the customer's pending action to ``due_ms``."""
+        key, name = action.profile_key, action.name
         self.cancel_action(txn, key, name)
         row = profile_key_bytes(max(0, due_ms)) + profile_key_bytes(key) + name.encode()
-        txn.put(row, value, db=self.schedule_db)
+        txn.put(row, pack_action(action), db=self.schedule_db)
         txn.put(profile_key_bytes(key) + name.encode(), row, db=self.pending_db)
 
     def cancel_action(self, txn: lmdb.Transaction, key: int, name: str) -> bool:
@@ -368,8 +420,10 @@ class ProfileStore:
         txn.delete(pending, db=self.pending_db)
         return True
 
-    def pending_actions(self, txn: lmdb.Transaction, key: int) -> dict[str, tuple[int, bytes]]:
-        """The customer's pending actions: {name: (due ms, scheduled value)}."""
+    def pending_actions(self, txn: lmdb.Transaction,
+                        key: int) -> dict[str, tuple[int, ScheduledAction | None]]:
+        """The customer's pending actions: {name: (due ms, the action; None where its
+        schedule row is missing)}."""
         prefix = profile_key_bytes(key)
         out = {}
         c = txn.cursor(db=self.pending_db)
@@ -380,11 +434,23 @@ class ProfileStore:
                     break
                 value = txn.get(row, db=self.schedule_db)
                 out[k[KEY_BYTES:].decode()] = (int.from_bytes(row[:KEY_BYTES], "big"),
-                                               b"" if value is None else bytes(value))
+                                               None if value is None else unpack_action(value))
         return out
 
-    def take_due(self, txn: lmdb.Transaction, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
-        """Remove and return up to ``limit`` (due ms, value) of the actions due at
+    def move_actions(self, txn: lmdb.Transaction, old: int, new: int) -> None:
+        """A merged-away profile's pending actions continue on the survivor; where both
+        have the same action pending, the one due first stays."""
+        ours = self.pending_actions(txn, new)
+        for name, (due_ms, action) in self.pending_actions(txn, old).items():
+            self.cancel_action(txn, old, name)
+            if name in ours and ours[name][0] <= due_ms:
+                continue
+            scheduled_ms, event_id = (due_ms, "") if action is None else action[2:]
+            self.schedule_action(txn, due_ms, ScheduledAction(name, new, scheduled_ms, event_id))
+
+    def take_due(self, txn: lmdb.Transaction, now_ms: int,
+                 limit: int) -> list[tuple[int, ScheduledAction]]:
+        """Remove and return up to ``limit`` (due ms, action) of the actions due at
         ``now_ms``, earliest first."""
         rows = []
         c = txn.cursor(db=self.schedule_db)
@@ -396,7 +462,8 @@ class ProfileStore:
         for row, _ in rows:
             txn.delete(row, db=self.schedule_db)
             txn.delete(row[KEY_BYTES:], db=self.pending_db)
-        return [(int.from_bytes(row[:KEY_BYTES], "big"), value) for row, value in rows]
+        return [(int.from_bytes(row[:KEY_BYTES], "big"), unpack_action(value))
+                for row, value in rows]
 
     def next_due_ms(self) -> int | None:
         """When the earliest pending action is due, or None."""

@@ -16,34 +16,38 @@ an event without recording it, or the reverse.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
 import threading
 from concurrent.futures import Future
-from typing import NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
-import msgpack
 import numpy as np
 
-from decision import events as event_actions
-from decision.catalog import Catalog
+from decision.config import events as event_actions
+from decision.config.catalog import Catalog
+from decision.config.policies import contact_tag, record_contact
+from decision.config.segments import refresh as refresh_segments
+from decision.core.requests import Identifier, IdentifierCheck
 from decision.errors import DecisionError, InvalidArgument, Unavailable
-from decision.layout import AttributeValue, ProfileRecord
-from decision.policies import contact_tag, record_contact
-from decision.segments import refresh as refresh_segments
-from decision.store import identity_key
-from decision.triggers import record_changes
+from decision.settings import Limits
+from decision.store.database import ProfileStore, identity_key
+from decision.store.layout import AttributeValue, ProfileRecord
+from decision.store.records import ScheduledAction
 
-log = logging.getLogger("decision.ingest")
+log = logging.getLogger("decision.core.ingest")
 
 MAX_BATCH = 1024  # events per write transaction
 MAX_FUTURE_MS = 5 * 60 * 1000  # how far ahead of the server's clock a timestamp may be
+MAX_CHUNKS_IN_FLIGHT = 8  # a stream's chunks waiting for their commit at once
+MAX_REPORTED_REJECTIONS = 1000  # a stream's rejections listed (all are counted)
 
 
 class Event(NamedTuple):
     type: str
-    customer: object  # engine.Identifier
+    customer: Identifier
     event_id: str = ""
     timestamp_ms: int = 0  # 0: now
     channel: str = ""
@@ -76,7 +80,7 @@ class ValidEvent(NamedTuple):
     event_id: bytes
     time_ms: int
     data: dict
-    contact_tag: int = 0  # outcome events: the contact they add (decision.policies)
+    contact_tag: int = 0  # outcome events: the contact they add (decision.config.policies)
 
     @property
     def dedupe_key(self) -> bytes:
@@ -158,9 +162,9 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
         outcomes = []
         for ev in batch:
             if ev.event_id:
-                seen = txn.get(ev.dedupe_key, db=store.events_db)
+                seen = store.applied_event(txn, ev.dedupe_key)
                 if seen is not None:
-                    outcomes.append(Outcome(msgpack.unpackb(seen)[0], True))
+                    outcomes.append(Outcome(seen, True))
                     continue
             key = store.resolve_in(txn, ev.kind, ev.value)
             record = None if key is None else records.get(key) or store.load(txn, key)
@@ -178,22 +182,22 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
             name = ev.event_type.name
             fired, scheduled = triggers.fired(name, record)
             if entered or left or fired:
-                record_changes(store, txn, record, entered, left, now_ms, fired,
-                               ev.event_id.decode())
+                store.log_triggers(txn, record, entered, left, now_ms, fired,
+                                   ev.event_id.decode())
             for action in triggers.cancelled_by.get(name, ()):
                 if not created:
                     store.cancel_action(txn, record.key, action)
             for action in scheduled:
                 store.schedule_action(
-                    txn, record.key, action, ev.time_ms + triggers.delayed[action].delay_ms,
-                    msgpack.packb([action, record.key, now_ms, ev.event_id.decode()]))
+                    txn, ev.time_ms + triggers.delayed[action].delay_ms,
+                    ScheduledAction(action, record.key, now_ms, ev.event_id.decode()))
             record.updated_at_ms = now_ms
             records[record.key] = record
             # later events of the batch see it through the txn; a new profile's
             # identifier is linked once
             store.save(txn, record, link=created)
             if ev.event_id:
-                txn.put(ev.dedupe_key, msgpack.packb([record.key, now_ms]), db=store.events_db)
+                store.record_event(txn, ev.dedupe_key, record.key, now_ms)
             outcomes.append(Outcome(record.key, False))
         return outcomes
 
@@ -281,3 +285,97 @@ class GroupCommitter:
         for batch, future in waiting:
             future.set_result(results[at:at + len(batch)])
             at += len(batch)
+
+
+class TrackSummary(NamedTuple):
+    received: int
+    applied: int
+    duplicates: int
+    rejected: tuple[tuple[int, str, str], ...]  # (index, event_id, message), the first
+    rejected_count: int
+
+
+class _StreamTally:
+    """Counts of one TrackStream as its chunks settle."""
+
+    def __init__(self) -> None:
+        self.received = self.applied = self.duplicates = self.rejected_count = 0
+        self.rejected: list[tuple[int, str, str]] = []
+
+    def reject(self, index: int, event_id: str, exc: BaseException) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REPORTED_REJECTIONS:
+            message = (str(exc) if isinstance(exc, DecisionError)
+                       else "internal error (details in the server log)")
+            self.rejected.append((index, event_id, message))
+
+    def settle(self, where: list[tuple[int, str]], future: Future) -> None:
+        for (index, event_id), result in zip(where, future.result()):
+            if isinstance(result, BaseException):
+                self.reject(index, event_id, result)
+            elif result.duplicate:
+                self.duplicates += 1
+            else:
+                self.applied += 1
+
+
+class Ingestion:
+    """``Track`` and ``TrackStream``: validate against the active catalog
+    (``catalog()``), hand to the process's ``GroupCommitter``, wait for durability."""
+
+    def __init__(self, store: ProfileStore, limits: Limits, identifier: IdentifierCheck,
+                 clock: Callable[[], float], catalog: Callable[[], Catalog]):
+        self.limits = limits
+        self.identifier = identifier
+        self.clock = clock
+        self.catalog = catalog
+        self.committer = GroupCommitter(store, len(catalog().feature_names), clock, catalog)
+
+    def close(self) -> None:
+        self.committer.close()
+
+    def track(self, event: Event) -> Outcome:
+        """Apply one event durably (grouped with concurrent ones into one commit)."""
+        valid = validate(event, self.catalog(), self.identifier, int(self.clock() * 1000),
+                         self.limits)
+        [result] = self.committer.submit([valid]).result()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def track_many(self, events: Iterable[Event | TooManyInMessage],
+                   chunk: int = 512) -> TrackSummary:
+        """Apply a stream of events in order; invalid ones are skipped and reported.
+
+        Chunks go to the writer as they fill, so reading the stream overlaps with
+        committing it; at most ``MAX_CHUNKS_IN_FLIGHT`` wait at a time (memory stays
+        bounded however long the stream), and at most ``MAX_REPORTED_REJECTIONS``
+        rejections are listed (all are counted). The summary comes once all are
+        durable."""
+        catalog = self.catalog()
+        summary = _StreamTally()
+        pending: collections.deque = collections.deque()
+        batch: list[ValidEvent] = []
+        where: list[tuple[int, str]] = []
+        submit = self.committer.submit
+        for index, event in enumerate(events):
+            summary.received += 1
+            try:
+                if isinstance(event, TooManyInMessage):
+                    raise event.error()
+                batch.append(validate(event, catalog, self.identifier,
+                                      int(self.clock() * 1000), self.limits))
+                where.append((index, event.event_id))
+            except DecisionError as exc:
+                summary.reject(index, event.event_id, exc)
+            if len(batch) >= chunk:
+                pending.append((where, submit(batch)))
+                batch, where = [], []
+                if len(pending) >= MAX_CHUNKS_IN_FLIGHT:
+                    summary.settle(*pending.popleft())
+        if batch:
+            pending.append((where, submit(batch)))
+        while pending:
+            summary.settle(*pending.popleft())
+        return TrackSummary(summary.received, summary.applied, summary.duplicates,
+                            tuple(sorted(summary.rejected)), summary.rejected_count)

@@ -22,22 +22,22 @@ File layout (every key is documented in README.md, "Catalog reference")::
     offer_weights = { premium = 0.3 }
     interactions = { orders_90d = [0.2, -0.1] } # one weight per offer feature
 
-    [segments]                                  # see decision.segments
+    [segments]                                  # see decision.config.segments
     high_value = "counter.revenue >= 1000"
 
-    [triggers.cart_reminder]                    # see decision.triggers
+    [triggers.cart_reminder]                    # see decision.config.triggers
     event = "add_to_cart"
     when = "not segment.high_value"
 
-    [events.purchase]                           # see decision.events
+    [events.purchase]                           # see decision.config.events
     fields = { amount = "number" }
     do = [{ add = "counter.revenue", value = "event.amount" }]
 
-    [pace.email]                                # see decision.pace
+    [pace.email]                                # see decision.config.pace
     deliver = "later"
     quiet_hours = ["21:00", "08:00"]
 
-    [[policy]]                                  # see decision.policies
+    [[policy]]                                  # see decision.config.policies
     name = "offer-weekly"
     type = "cap"
     max = 3
@@ -77,12 +77,12 @@ from pathlib import Path
 import numpy as np
 
 from decision.errors import CatalogError, RuleError
-from decision.events import EventType, parse_event_types
-from decision.pace import ChannelPace, parse_pace
-from decision.policies import PolicySet
-from decision.rules import Field, FieldTable, ProgramBuilder
-from decision.segments import SegmentSet
-from decision.triggers import TriggerSet
+from decision.config.events import EventType, parse_event_types
+from decision.config.pace import ChannelPace, parse_pace
+from decision.config.policies import PolicySet
+from decision.config.rules import Field, FieldTable, ProgramBuilder
+from decision.config.segments import SegmentSet
+from decision.config.triggers import TriggerSet
 from kernels.decide import Visit, visit_plan
 
 MAX_BITS = 63  # channels and placements are bits of an int64 mask

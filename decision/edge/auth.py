@@ -24,7 +24,7 @@ UpsertProfile) and reads the trigger log (WatchTriggers), ``admin`` may call
 everything (ReloadCatalog, ForgetCustomer, RunCampaign). Health and reflection are not part of the service and stay open.
 
 No gRPC import here: ``check`` returns a status name and message, which
-``decision.server`` turns into UNAUTHENTICATED or PERMISSION_DENIED.
+``decision.edge.server`` turns into UNAUTHENTICATED or PERMISSION_DENIED.
 """
 
 from __future__ import annotations

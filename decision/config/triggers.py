@@ -23,17 +23,15 @@ Two sources, both written in the same transaction as the change that caused them
   The event schedules it: a durable row of the ``schedule`` sub-db, keyed by its due
   time, written in the event's transaction (a second add-to-cart moves it: one
   pending action per customer and trigger). A ``cancel_on`` event deletes it. When it
-  comes due (``decision.scheduler``), one write transaction removes the row, checks
+  comes due (``decision.core.actions``), one write transaction removes the row, checks
   ``when`` on the profile as it is then, decides with ``decide`` (the offer of that
   moment, under the contact policies of that moment) and appends a trigger of kind
   ``action`` carrying the decision: fired once, surviving restarts.
 
 The log is the ``triggers`` sub-db: key = cursor (uint64 big-endian, allocated in the
 write transaction, so cursors are ordered across processes, with gaps only where
-ForgetCustomer erased records), value =
-msgpack ``[kind, name, profile key, [[kind, value], ...], at_ms, event_id]``, plus a
-7th element for actions that decided: ``{"id", "channel", "deliver_at_ms",
-"timing", "offers": [[offer_id, score, propensity], ...]}``.
+ForgetCustomer erased records); its records are ``decision.store.records.Trigger``,
+written by ``ProfileStore.log_triggers`` and ``log_action``.
 ``WatchTriggers`` replays it from a cursor and follows it live: at least once, and a
 subscriber that reconnects with its last cursor + 1 loses nothing.
 """
@@ -43,16 +41,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-import msgpack
-
 from decision.errors import CatalogError
-from decision.layout import ProfileRecord
-from decision.rules import FieldTable
-from decision.segments import RuleSet
-from decision.timing import duration_ms
+from decision.store.layout import ProfileRecord
+from decision.config.rules import FieldTable
+from decision.config.segments import RuleSet
+from decision.config.timing import duration_ms
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-SEGMENT_ENTER, SEGMENT_LEAVE, EVENT, ACTION = "segment_enter", "segment_leave", "event", "action"
 MAX_DECIDE_LIMIT = 10
 
 
@@ -68,17 +63,6 @@ class Delayed(NamedTuple):
     delay_ms: int
     cancel_on: tuple[str, ...]
     decide: DecideSpec | None
-
-
-class Trigger(NamedTuple):
-    cursor: int
-    kind: str  # segment_enter | segment_leave | event
-    name: str  # the segment, or the configured trigger
-    profile_key: int
-    identifiers: list[tuple[str, str]]
-    at_ms: int
-    event_id: str
-    decision: dict | None = None  # an action's decision (see the module docstring)
 
 
 class TriggerSet:
@@ -167,26 +151,3 @@ class TriggerSet:
     def holds(self, name: str, record: ProfileRecord) -> bool:
         return name in self.conditions.evaluate(record)
 
-
-def record_changes(store, txn, record: ProfileRecord, entered, left, at_ms: int,
-                   fired=(), event_id: str = "") -> None:
-    """Append the triggers of one profile write to the log, inside its transaction."""
-    for kind, names in ((SEGMENT_ENTER, entered), (SEGMENT_LEAVE, left), (EVENT, fired)):
-        for name in names:
-            store.append_trigger(txn, msgpack.packb(
-                [kind, name, record.key, [list(i) for i in record.identifiers], at_ms,
-                 event_id]))
-
-
-def record_action(store, txn, record: ProfileRecord, name: str, at_ms: int, event_id: str,
-                  decision: dict | None) -> int:
-    """Append a delayed action that came due (with its decision) to the log."""
-    return store.append_trigger(txn, msgpack.packb(
-        [ACTION, name, record.key, [list(i) for i in record.identifiers], at_ms, event_id,
-         decision]))
-
-
-def decode(cursor: int, value: bytes) -> Trigger:
-    kind, name, key, identifiers, at_ms, event_id, *rest = msgpack.unpackb(value)
-    return Trigger(cursor, kind, name, key, [tuple(i) for i in identifiers], at_ms, event_id,
-                   rest[0] if rest else None)

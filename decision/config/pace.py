@@ -24,7 +24,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from decision.errors import CatalogError
-from decision.timing import (
+from decision.config.timing import (
     DAY_MINUTES, duration_ms, format_duration, format_minute, minute_of_day,
 )
 

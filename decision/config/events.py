@@ -30,7 +30,7 @@ catalog loads; applying an event is a short loop over the compiled actions.
 The outcome types ``impression``, ``click``, ``conversion`` and ``dismissal`` always
 exist: an event of one of them names an ``offer_id`` and a ``channel`` and adds a
 contact to the profile's history, which contact policies read
-(``decision.policies``). A catalog may declare them too, to give them fields and
+(``decision.config.policies``). A catalog may declare them too, to give them fields and
 actions (``[events.conversion]`` adding the amount to a revenue counter, say).
 """
 
@@ -43,8 +43,8 @@ from typing import NamedTuple
 import numpy as np
 
 from decision.errors import CatalogError, InvalidArgument
-from decision.layout import AttributeValue, ProfileRecord
-from decision.policies import OUTCOMES
+from decision.store.layout import AttributeValue, ProfileRecord
+from decision.config.policies import OUTCOMES
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TYPES = ("number", "string", "bool")
@@ -65,7 +65,7 @@ class EventType(NamedTuple):
     fields: dict[str, str]  # field -> declared type
     required: frozenset[str]  # fields some action reads
     actions: tuple[Action, ...]
-    outcome: int = 0  # impression, click, ...: the contact kind (decision.policies)
+    outcome: int = 0  # impression, click, ...: the contact kind (decision.config.policies)
 
 
 def parse_event_types(table, feature_names: tuple[str, ...],

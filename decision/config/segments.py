@@ -10,7 +10,7 @@ A segment rule reads ``profile.<attribute>`` and ``counter.<name>`` (there is no
 context when a profile changes). Every write to a profile (an event, an upsert, a
 merge) re-evaluates all segments with the rule VM kernel and stores the membership
 on the profile; offers target members with ``segment.<name>`` at no cost per request,
-and a change of membership is what triggers journeys (``decision.triggers``).
+and a change of membership is what triggers journeys (``decision.config.triggers``).
 After a catalog reload, a profile's stored membership follows the new definitions at
 its next write.
 """
@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 from decision.errors import RuleError
-from decision.layout import ProfileRecord
-from decision.rules import FieldTable, ProgramBuilder, string_id
+from decision.store.layout import ProfileRecord
+from decision.config.rules import FieldTable, ProgramBuilder, string_id
 from kernels.eligibility import eligible_mask, eligible_rows
 
 _NAN = math.nan

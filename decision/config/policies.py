@@ -47,7 +47,7 @@ The contacts themselves
 Impressions and responses arrive as events of the built-in types ``impression``,
 ``click``, ``conversion`` and ``dismissal`` (``Track``, with ``offer_id``,
 ``channel`` and the ``decision_id`` Decide returned). Each appends one contact to
-the profile's contact history (``decision.layout``), in the transaction that applies
+the profile's contact history (``decision.store.layout``), in the transaction that applies
 the event: int64 pairs ``(at_ms, tag)`` with
 
     tag = offer_sid << 24 | channel_sid << 8 | kind
@@ -67,7 +67,7 @@ from typing import NamedTuple
 import numpy as np
 
 from decision.errors import CatalogError
-from decision.timing import duration_ms, format_duration
+from decision.config.timing import duration_ms, format_duration
 
 OUTCOMES = {"impression": 1, "click": 2, "conversion": 3, "dismissal": 4}
 SCOPES = {"offer": 0, "channel": 1, "customer": 2}

@@ -30,9 +30,10 @@ import lmdb
 import msgpack
 
 from decision.errors import DecisionError, StoreError
-from decision.layout import LAYOUT_VERSION
+from decision.store.database import SUB_DATABASES
+from decision.store.layout import LAYOUT_VERSION
 
-SUB_DBS = (b"profiles", b"identity", b"events", b"triggers", b"meta")
+SUB_DBS = tuple(name.encode() for name in SUB_DATABASES)  # a backup holds every one
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
 

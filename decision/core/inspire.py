@@ -5,7 +5,7 @@ transaction per chunk: servers keep serving and writing meanwhile; each chunk is
 consistent snapshot), keeps the segment's members, and ranks the whole chunk with
 one call of ``kernels.decide.decide_batch``: the same catalog arrays, rules, contact
 policies and model as ``Decide``, in parallel over customers (``prange``). Send
-times follow the channel's pace (``decision.pace``) in each customer's time zone.
+times follow the channel's pace (``decision.config.pace``) in each customer's time zone.
 
 The file has one row per (customer, offer): ``customer_kind, customer_id,
 profile_key, rank, offer_id, score, propensity, send_at (ISO 8601, UTC),
@@ -33,8 +33,9 @@ import numpy as np
 import msgpack
 
 from decision.errors import CorruptProfile, InvalidArgument, ResourceExhausted, Unavailable
-from decision import layout
-from decision.rules import string_id
+from decision.store import layout
+from decision.config.rules import string_id
+from decision.core.respond import unknown_channel, unknown_placement
 from kernels.decide import decide_batch
 
 FORMATS = ("csv", "jsonl")
@@ -79,26 +80,24 @@ def run_campaign(engine, spec: CampaignSpec, out: Path, fmt: str = "",
     ``cancel``: an Event that, once set (a server shutting down), makes the campaign
     give up between chunks with UNAVAILABLE (no file is left)."""
     fmt = format_for(out, fmt)
-    active = engine._active  # one catalog version for the whole campaign
+    active = engine.active  # one catalog version for the whole campaign
     catalog = active.catalog
     if spec.segment not in catalog.segments.names:
         raise InvalidArgument(f"segment: unknown segment {spec.segment!r} (known: "
                               f"{', '.join(catalog.segments.names) or 'none declared'})")
     channel_bit = active.channel_bits.get(spec.channel)
     if channel_bit is None:
-        raise InvalidArgument(f"channel: unknown channel {spec.channel!r} (known: "
-                              f"{', '.join(catalog.channels)})")
+        unknown_channel(catalog, spec.channel)
     placement_bit = 0
     if spec.placement:
         placement_bit = active.placement_bits.get(spec.placement)
         if placement_bit is None:
-            raise InvalidArgument(f"placement: unknown placement {spec.placement!r} (known: "
-                                  f"{', '.join(catalog.placements) or 'none declared'})")
+            unknown_placement(catalog, spec.placement)
     if not 1 <= spec.limit <= engine.limits.max_offers:
         raise InvalidArgument(f"limit: must be between 1 and {engine.limits.max_offers}, "
                               f"got {spec.limit}")
     base = np.full(active.n_slots, math.nan)
-    engine._fill_context(active, spec.context, base)
+    engine.responder.fill_context(active, spec.context, base)
     if not _RUNNING.acquire(blocking=False):
         raise ResourceExhausted("a campaign is already running in this server process; "
                                 "retry when it has finished")
@@ -248,7 +247,7 @@ class _ChunkReader:
         self.segment = segment
         self.base = base
         self.zone_attribute = zone_attribute
-        self.after = b""  # last key read
+        self.after: int | None = None  # last key read
         self.done = False
         self.skipped = 0
 
@@ -270,15 +269,14 @@ class _ChunkReader:
         scanned = 0
         read_head = layout.read_head
         unpackb = msgpack.unpackb
+        more = False
         with self.store.reader() as r:
-            cursor = r._txn.cursor(db=self.store.profiles_db)
-            more = cursor.set_range(self.after + b"\x00") if self.after else cursor.first()
-            while more and scanned < CHUNK:
-                key_bytes, buf = cursor.item()
-                self.after = key_bytes = bytes(key_bytes)
-                more = cursor.next()
+            for key, buf in r.profiles(self.after):
+                if scanned == CHUNK:
+                    more = True
+                    break
+                self.after = key
                 scanned += 1
-                key = int.from_bytes(key_bytes, "big")
                 try:
                     _nf, nc, tail_at = read_head(buf, key, n_features)
                     tail = unpackb(buf[tail_at:])

@@ -1,14 +1,14 @@
 """The floor: the same service with empty handlers, to measure what gRPC itself costs.
 
 Benchmarks (and the load-test harness) run the same calls against this server, built
-with the very same transport settings (``decision.server.grpc_server``), and quote the
+with the very same transport settings (``decision.edge.server.grpc_server``), and quote the
 real server's latency as a ratio to it. Requests are parsed and replies framed exactly
 as for the real service; the handler does no work.
 """
 
 from __future__ import annotations
 
-from decision.server import grpc_server
+from decision.edge.server import grpc_server
 from decision.settings import Settings
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
