@@ -313,7 +313,7 @@ def populate(store: ProfileStore, n_customers: int, seed: int = 11, progress: bo
         def work(txn, records=records):
             for record in records:
                 store.save(txn, record)
-            txn.put(b"next_key", (hi + 1).to_bytes(8, "big"), db=store.meta_db)
+            store.reserve_keys(txn, hi + 1)
 
         store.write(work)
         bar.update(m)

@@ -1,8 +1,8 @@
 """The package's exceptions: one base, specific subclasses, one status each.
 
 Each exception carries the gRPC status *name* it maps to (``status``), so the core
-stays free of gRPC imports; ``decision.edge.server`` turns the name into a status code in
-one place. Messages say where the bad value is and what was expected.
+stays free of gRPC imports; ``decision.edge.gate.status_of`` turns the name into a
+status code in one place. Messages say where the bad value is and what was expected.
 """
 
 from __future__ import annotations
