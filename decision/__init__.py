@@ -1,14 +1,15 @@
 """decision: a real-time next-best-offer server.
 
-The package is layered so each part can be used on its own:
+The folders are the architecture (each imports only the ones below it; checked by
+``tests/test_layering.py``):
 
-- ``decision.core.engine``   the plain-Python core (``Engine.decide`` and friends); no gRPC.
-- ``decision.config.catalog``  loads the offer catalog (TOML) into immutable arrays.
-- ``decision.config.rules``    compiles eligibility expressions into kernel programs.
-- ``decision.store.database``    profiles in a memory-mapped LMDB environment.
-- ``decision.edge.server``   the thin gRPC layer over the engine.
-- ``decision.cli``      the ``decision`` command.
-- ``kernels``           (top-level package) the Numba-compiled hot path.
+- ``decision.edge``    the gRPC edge: servicer, wire conversions, gate, server processes.
+- ``decision.core``    the plain-Python core: ``Engine`` and its rooms (respond, inspire,
+                       ingest, profiles, actions); no gRPC.
+- ``decision.config``  the configuration compiler: the catalog file into kernel tables.
+- ``decision.store``   the LMDB environment, its records and backups.
+- ``decision.cli``     the ``decision`` command.
+- ``kernels``          (top-level package) the Numba-compiled hot path.
 """
 
 import os as _os
