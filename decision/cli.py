@@ -42,6 +42,7 @@ def _settings(args, data_dir: Path, catalog: Path) -> Settings:
         credentials=args.credentials, allow_unauthenticated=args.allow_unauthenticated,
         max_in_flight=args.max_in_flight, metrics_address=args.metrics_address,
         log_format=args.log_format, access_log_sample=args.access_log_sample,
+        port_file=getattr(args, "port_file", None),
     )
 
 
@@ -108,14 +109,27 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     ops.add_argument("--access-log-sample", type=float, default=0.0, metavar="FRACTION",
                      help="fraction of successful requests logged, one line each; failed "
                           "requests are always logged (default %(default)s)")
+    ops.add_argument("--kernel-cache", metavar="DIR",
+                     help="where the compiled kernels are kept across starts; sets "
+                          "DECISION_KERNEL_CACHE (default: that variable, else "
+                          "$XDG_CACHE_HOME/decision/kernels or ~/.cache/decision/kernels; "
+                          "NUMBA_CACHE_DIR, if set, wins)")
 
 
 def cmd_serve(args) -> int:
     from decision.logs import configure
     from decision.edge.supervisor import serve_workers
 
-    configure(args.log_format)
-    serve_workers(_settings(args, Path(args.data_dir), Path(args.catalog)))
+    # one process: it runs gRPC here, so its C core's stderr lines become JSON too;
+    # with --workers each worker does that itself (they inherit this stderr)
+    configure(args.log_format, capture_stderr=args.workers == 1)
+    try:
+        serve_workers(_settings(args, Path(args.data_dir), Path(args.catalog)))
+    except DecisionError as exc:
+        if args.log_format != "json":
+            raise  # main prints it: "decision: <message>"
+        logging.getLogger("decision").error("%s", exc)  # every line JSON, this one too
+        return 2
     return 0
 
 
@@ -252,7 +266,15 @@ def render(reply, customer: str, channel: str, placement: str, elapsed_ms: float
     who = customer + (" (new customer: no profile yet)" if reply.cold_start else "")
     lines = [f"Next best offers for {who} on {where}",
              f"{reply.eligible_count} offers eligible, best {len(reply.offers)} shown"]
-    if not reply.offers:
+    n = reply.policy_removed_count  # set only when no offer is left
+    if not reply.offers and n:
+        what = (f"all {n} offers whose rule held were removed by contact policies" if n > 1
+                else "the one offer whose rule held was removed by a contact policy")
+        listed = len(reply.removed)  # explain lists at most the server's maximum limit
+        lines.append(f"  no offer: {what}"
+                     + (" (ask again with --explain to see which)" if not listed else
+                        f" (the first {listed} listed below)" if listed < n else ""))
+    elif not reply.offers:
         lines.append("  (no offer is eligible here and now)")
     for o in reply.offers:
         lines.append("")
@@ -349,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", required=True, help="the LMDB profile store (created if missing)")
     serve.add_argument("--catalog", required=True, help="the offer catalog (TOML)")
     _add_server_flags(serve)
+    serve.add_argument("--port-file", metavar="PATH",
+                       help="once serving, write the port (a number and a newline) to PATH, "
+                            "atomically; removed at shutdown (for --address HOST:0)")
     serve.set_defaults(run=cmd_serve)
 
     demo = sub.add_parser("demo", help="create a synthetic data set if missing, then serve it")
@@ -431,8 +456,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _kernel_cache_first(argv: list[str] | None) -> None:
+    """``--kernel-cache DIR`` becomes ``DECISION_KERNEL_CACHE`` before anything imports
+    the kernels (``build_parser`` does: numba fixes a kernel's cache directory when it
+    compiles the module), and worker processes inherit it."""
+    pre = argparse.ArgumentParser(prog="decision", add_help=False, allow_abbrev=False)
+    pre.add_argument("--kernel-cache")
+    wanted = pre.parse_known_args(sys.argv[1:] if argv is None else argv)[0].kernel_cache
+    if wanted is None:
+        return
+    wanted = os.path.abspath(os.path.expanduser(wanted))
+    if "kernels" in sys.modules and os.environ.get("DECISION_KERNEL_CACHE") != wanted:
+        raise SystemExit("decision: --kernel-cache comes too late: the kernels are already "
+                         "imported in this process; set DECISION_KERNEL_CACHE instead")
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        print(f"decision: --kernel-cache ignored: NUMBA_CACHE_DIR="
+              f"{os.environ['NUMBA_CACHE_DIR']} wins", file=sys.stderr)
+    os.environ["DECISION_KERNEL_CACHE"] = wanted
+
+
 def main(argv: list[str] | None = None) -> int:
+    _kernel_cache_first(argv)
     args = build_parser().parse_args(argv)
+    if (getattr(args, "kernel_cache", None) and os.environ.get("DECISION_KERNEL_CACHE")
+            != os.path.abspath(os.path.expanduser(args.kernel_cache))):
+        raise SystemExit("decision: write --kernel-cache in full (it is read before the "
+                         "other flags)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.run(args)

@@ -80,6 +80,8 @@ class Settings:
                         *i* of ``workers`` serves on port + *i*.
     ``log_format``      ``text`` or ``json`` (JSON lines).
     ``access_log_sample`` fraction of successful requests logged (failures always).
+    ``port_file``       write the bound port (a number and a newline) there once
+                        serving, atomically; removed when serving stops (None: none).
     """
 
     data_dir: Path
@@ -101,13 +103,14 @@ class Settings:
     metrics_address: str | None = None
     log_format: str = "text"
     access_log_sample: float = 0.0
+    port_file: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "catalog_path", Path(self.catalog_path))
         object.__setattr__(self, "campaign_dir", Path(self.campaign_dir) if self.campaign_dir
                            else self.data_dir.parent / "campaigns")
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "credentials"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "credentials", "port_file"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if self.max_in_flight is None:
@@ -134,6 +137,9 @@ class Settings:
             raise ConfigError(f"address must be host:port, got {self.address!r}")
         if self.workers > 1 and int(port) == 0:
             raise ConfigError("workers > 1 need a fixed port (they share it with SO_REUSEPORT)")
+        if self.port_file is not None and not self.port_file.parent.is_dir():
+            raise ConfigError(f"--port-file {self.port_file}: no directory "
+                              f"{self.port_file.parent} to write it in")
         if self.metrics_address is not None:
             m_host, m_sep, m_port = self.metrics_address.rpartition(":")
             if not m_sep or not m_host or not m_port.isdigit() or int(m_port) > 65535:

@@ -21,6 +21,27 @@ more, so shown only when nothing better is eligible).
 
 The contribution of feature ``j`` to offer ``i``'s log-odds is ``weights[i, j] * x[j]``;
 ``top_contributions`` returns the largest by absolute value for the reason codes.
+
+Finite inputs, finite answers
+-----------------------------
+Features are whatever a client upserted (any finite float32, up to 3.4e38), so the
+arithmetic must not overflow where the model's usual inputs would never reach:
+
+* every product ``weights[i, j] * x[j]`` is taken in float64, where the product of two
+  float32 is exact and at most (3.4e38)^2 ~ 1.2e77 in magnitude; their sum over F
+  features and the float64 ``bias`` (finite, ``decision.config.catalog`` checks) is
+  finite too. A float32 product would overflow to +-inf (3.4e38 x 3), and +inf - inf
+  is NaN: an offer that never ranks.
+* the log-odds are clamped to ``[-LOGIT_MAX, LOGIT_MAX]`` (36), the widest integer
+  range whose sigmoid stays strictly inside (0, 1) in float64: sigmoid(36) =
+  1 - 2.2e-16 and sigmoid(-36) = 2.3e-16, while sigmoid(37) rounds to 1.0. So a
+  propensity is always in (0, 1), as the API says, and offers whose log-odds pass the
+  clamp tie on propensity (then on value x lever, then by lower offer index).
+* reason weights (``top_contributions``) are those exact float64 products, not
+  clamped: the contribution to the log-odds before the clamp, finite for finite
+  features.
+
+The references compute the same (float64 products, ``np.clip`` to the same range).
 """
 
 from __future__ import annotations
@@ -36,13 +57,26 @@ from numba import njit
 _DOT_MATH = {"reassoc", "contract"}
 
 
+# |log-odds| is clamped to this: sigmoid(+-36) is strictly inside (0, 1) in float64
+# (1 - 2.2e-16 and 2.3e-16); sigmoid(37) would round to exactly 1.0.
+LOGIT_MAX = 36.0
+
+
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_DOT_MATH)
 def logit_of(weights, bias, x, i):
-    """Log-odds of offer ``i`` for features ``x`` (float64 accumulation, vectorised)."""
+    """Log-odds of offer ``i`` for features ``x``, clamped to [-LOGIT_MAX, LOGIT_MAX].
+
+    Products and sum in float64 (vectorised): finite for any finite float32 features
+    (see the module docstring), where float32 products overflow at 3.4e38 x 3."""
     z = np.float64(0.0)  # float64 with or without the JIT (NumPy 2 would keep float32)
     for j in range(x.shape[0]):
-        z += weights[i, j] * x[j]
-    return bias[i] + z
+        z += np.float64(weights[i, j]) * np.float64(x[j])
+    z += bias[i]
+    if z > LOGIT_MAX:
+        return LOGIT_MAX
+    if z < -LOGIT_MAX:
+        return -LOGIT_MAX
+    return z
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -80,7 +114,8 @@ def top_contributions(weights, x, chosen, m):
 
     Returns (feature index int32[k, m], contribution float64[k, m]), largest first,
     ties broken by lower feature index; features with zero contribution are
-    reported as index -1.
+    reported as index -1. Each contribution is the float64 product of the float32
+    weight and feature: exact, and finite for finite features (at most ~1.2e77).
     """
     k = chosen.shape[0]
     f = x.shape[0]
@@ -89,7 +124,7 @@ def top_contributions(weights, x, chosen, m):
     for r in range(k):
         i = chosen[r]
         for j in range(f):
-            c = weights[i, j] * x[j]
+            c = np.float64(weights[i, j]) * np.float64(x[j])  # exact, never overflows
             a = abs(c)
             if a == 0.0:
                 continue
@@ -109,6 +144,7 @@ def top_contributions(weights, x, chosen, m):
 # --------------------------------------------------------------------- references
 def propensity_reference(weights, bias, x, mask):
     z = bias + weights.astype(np.float64) @ x.astype(np.float64)
+    z = np.clip(z, -LOGIT_MAX, LOGIT_MAX)
     return np.where(mask, 1.0 / (1.0 + np.exp(-z)), 0.0)
 
 

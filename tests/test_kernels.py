@@ -26,6 +26,7 @@ from kernels.decide import (LANES, decide_batch, decide_offers, new_verdicts,
 from kernels.policies import contact_blocks, contact_blocks_reference
 from kernels.eligibility import eligible_mask, eligible_mask_reference
 from kernels.scoring import (
+    LOGIT_MAX,
     arbitrate,
     logit_of,
     arbitrate_reference,
@@ -433,8 +434,11 @@ def test_propensity_is_stable_for_extreme_logits():
     bias = np.array([1000.0, -1000.0, 0.0, 40.0])
     x = np.ones(2, dtype=np.float32)
     got = quiet(propensity, weights, bias, x, np.ones(4, dtype=np.bool_))
-    assert got.tolist() == [1.0, 0.0, 0.5, pytest.approx(1.0 - math.exp(-40.0), rel=1e-15)]
-    assert np.isfinite(got).all()
+    # log-odds clamped to [-LOGIT_MAX, LOGIT_MAX]: strictly inside (0, 1), never 0 or 1
+    e = math.exp(-LOGIT_MAX)
+    top, bottom = 1.0 / (1.0 + e), e / (1.0 + e)
+    assert got.tolist() == [top, pytest.approx(bottom, rel=1e-15), 0.5, top]
+    assert np.isfinite(got).all() and ((got > 0.0) & (got < 1.0)).all()
 
 
 @pytest.mark.parametrize("n", [0, 1, 9, 250])
@@ -781,3 +785,115 @@ def test_decide_offers_removes_blocked_offers_and_batch_agrees(rng, m):
             assert (chosen_b[c, r:] == -1).all()
             np.testing.assert_allclose(score_b[c, :r], one[1], rtol=1e-12)
             np.testing.assert_allclose(prop_b[c, :r], one[2], rtol=1e-12)
+
+
+# ------------------------------------------------- extreme (finite) feature values
+F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+F32_TINY = float(np.finfo(np.float32).smallest_subnormal)  # 1.4e-45
+EXTREME = [F32_MAX, -F32_MAX, 3.4e38, -3.4e38, 1e38, -1e30, F32_TINY, -F32_TINY, 1e-40,
+           -3e-39, 0.0, 1.0, -2.5]
+
+
+def test_logit_of_extreme_features_is_finite_and_clamped():
+    """3.4e38 x 3 overflows float32: the products are float64, the log-odds clamped."""
+    weights = np.array([[3.0, 3.0], [3.0, -3.0], [-3.0, 3.0], [3.0, 0.0], [0.0, 0.0],
+                        [1e-30, 0.0]], dtype=np.float32)
+    bias = np.array([0.0, 0.0, 0.0, 0.5, 37.0, 0.25])
+    x = np.array([F32_MAX, -F32_MAX], dtype=np.float32)
+    got = [float(logit_of(weights, bias, x, i)) for i in range(len(weights))]
+    # +inf - inf would be NaN in float32; float64: 3 F - 3 F = 0 exactly
+    want_raw = [0.0, 6.0 * F32_MAX, -6.0 * F32_MAX, 3.0 * F32_MAX + 0.5, 37.0,
+                float(np.float32(1e-30)) * F32_MAX + 0.25]
+    assert got == [max(-LOGIT_MAX, min(LOGIT_MAX, z)) for z in want_raw]
+    mask = np.ones(len(weights), dtype=np.bool_)
+    p = quiet(propensity, weights, bias, x, mask)
+    assert np.isfinite(p).all() and ((p > 0.0) & (p < 1.0)).all()
+    np.testing.assert_allclose(p, quiet(propensity_reference, weights, bias, x, mask),
+                               rtol=1e-12, atol=0.0)
+    assert p[0] == 0.5 and p[1] == p[3] == p[4] < 1.0 and p[2] > 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_extreme_features_score_finite_and_match_reference(seed):
+    """Features anywhere in float32's finite range (both extremes, mixed signs,
+    subnormals): finite propensities strictly inside (0, 1), finite reasons equal to
+    the exact float64 products, as the references compute them."""
+    rng = np.random.default_rng(11000 + seed)
+    n, f = 40, 9
+    weights = rng.choice([-3.0, -0.5, 0.0, 1e-3, 2.0, 3.0, 1e-38], (n, f)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, n)
+    x = rng.choice(EXTREME, f).astype(np.float32)
+    mask = rng.random(n) < 0.8
+    p = quiet(propensity, weights, bias, x, mask)
+    assert np.isfinite(p).all() and ((p[mask] > 0.0) & (p[mask] < 1.0)).all()
+    np.testing.assert_allclose(p, quiet(propensity_reference, weights, bias, x, mask),
+                               rtol=1e-12, atol=0.0)
+    chosen = np.arange(n, dtype=np.int32)
+    for m in (1, 3, f):
+        idx, val = quiet(top_contributions, weights, x, chosen, m)
+        want_idx, want_val = quiet(top_contributions_reference, weights, x, chosen, m)
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_array_equal(val, want_val)  # float64 products of float32: exact
+        assert np.isfinite(val).all()
+
+
+def test_subnormal_features_are_reasons_not_lost():
+    """A subnormal float32 feature times a weight is a normal float64: still reported."""
+    weights = np.array([[3.0, -0.5, 0.0]], dtype=np.float32)
+    x = np.array([F32_TINY, -3e-39, 1e-45], dtype=np.float32)
+    idx, val = top_contributions(weights, x, np.array([0], dtype=np.int32), 3)
+    assert idx.tolist() == [[1, 0, -1]]
+    assert val.tolist() == [[-0.5 * float(x[1]), 3.0 * float(x[0]), 0.0]]
+    assert float(logit_of(weights, np.array([-1.0]), x, 0)) == -1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decide_offers_with_extreme_features_ranks_every_eligible_offer(seed):
+    """Extreme features through the fused kernel (and the batch kernel): every
+    eligible offer up to k is returned, with finite scores, propensities in (0, 1),
+    finite reasons; the same answer as the composition, and the same on every call."""
+    rng = np.random.default_rng(12000 + seed)
+    n, f, k, n_reasons = 60, 8, 10, 3
+    code, programs, consts, _ = random_programs(rng, n, rule_probability=0.4)
+    masks, window = random_offers(rng, n)
+    offer_value = random_values(rng, n)
+    weights = rng.choice([-3.0, -1.0, 0.0, 0.5, 3.0], (n, f)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, n)
+    rows_x, rows_slots = [], []
+    for _ in range(6):
+        x = rng.choice(EXTREME, f).astype(np.float32)
+        x[:2] = (F32_MAX, -F32_MAX)
+        slots, _, _ = random_request(rng)
+        args = (code, programs, consts, slots, masks, window, offer_value, weights, bias, x,
+                1, 0, NOW, k, n_reasons)
+        first = quiet(fused, *args, NO_CONTACTS, no_policies(n))
+        chosen, score, prop, eligible, r_feature, r_weight, _ = first
+        again = quiet(fused, *args, NO_CONTACTS, no_policies(n))
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+        w_chosen, w_score, w_prop, w_eligible, w_feature, w_weight = quiet(composed, *args)
+        np.testing.assert_array_equal(chosen, w_chosen)
+        np.testing.assert_allclose(score, w_score, rtol=1e-12, atol=0.0)
+        np.testing.assert_allclose(prop, w_prop, rtol=1e-12, atol=0.0)
+        assert int(eligible) == w_eligible and len(chosen) == min(k, w_eligible)
+        np.testing.assert_array_equal(r_feature, w_feature)
+        np.testing.assert_array_equal(r_weight, w_weight)
+        assert np.isfinite(score).all() and np.isfinite(r_weight).all()
+        assert ((prop > 0.0) & (prop < 1.0)).all()
+        assert all(score[q] >= score[q + 1] for q in range(len(score) - 1))
+        rows_x.append(x)
+        rows_slots.append(slots)
+    visit = tuple(visit_plan(programs, masks, window, offer_value, weights, bias))
+    m = len(rows_x)
+    chosen_b, score_b, prop_b, filled, eligible_b = quiet(
+        decide_batch, code, consts, np.stack(rows_slots), visit, np.stack(rows_x),
+        NO_CONTACTS, np.zeros(m + 1, dtype=np.int64), 1, 0, NOW, k, no_policies(n))
+    for c in range(m):
+        one = quiet(fused, code, programs, consts, rows_slots[c], masks, window, offer_value,
+                    weights, bias, rows_x[c], 1, 0, NOW, k, n_reasons, NO_CONTACTS,
+                    no_policies(n))
+        r = len(one[0])
+        assert filled[c] == r and eligible_b[c] == one[3]
+        assert chosen_b[c, :r].tolist() == one[0].tolist()
+        assert score_b[c, :r].tolist() == one[1].tolist()
+        assert prop_b[c, :r].tolist() == one[2].tolist()

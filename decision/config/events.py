@@ -22,10 +22,20 @@ An action is ``set`` or ``add``, on a target:
   that is set, such as a last-seen time (``event.time``), is an attribute;
 - ``feature.<name>``: an entry of the profile's float32 feature vector.
 
-A value is a literal (number, string, bool), ``event.<field>`` (a declared field; an
-event of this type must carry it), or ``event.time`` (the event's timestamp, ms).
-``scale`` multiplies numeric values (default 1). Everything is checked when the
-catalog loads; applying an event is a short loop over the compiled actions.
+A value is a literal (number, string, bool), ``event.<field>`` (a declared field), or
+``event.time`` (the event's timestamp, ms). ``scale`` multiplies numeric values
+(default 1). Everything is checked when the catalog loads; applying an event is a
+short loop over the compiled actions.
+
+``fields`` is the event's data, checked on every event (``Track``, ``TrackStream``):
+
+- a field an action reads (``event.<field>``) is required: an event without it is
+  INVALID_ARGUMENT, ``attributes['amount']: required by event type 'purchase'``;
+- a declared field no action reads is optional: type-checked when the event carries
+  it (a wrong type, a non-finite number or a string over the limit is
+  INVALID_ARGUMENT), fine when it does not, so producers may send context the
+  catalog does not use yet; an action added later to read it makes it required;
+- attributes that are not declared are ignored.
 
 The outcome types ``impression``, ``click``, ``conversion`` and ``dismissal`` always
 exist: an event of one of them names an ``offer_id`` and a ``channel`` and adds a
@@ -63,7 +73,8 @@ class Action(NamedTuple):
 class EventType(NamedTuple):
     name: str
     fields: dict[str, str]  # field -> declared type
-    required: frozenset[str]  # fields some action reads
+    required: frozenset[str]  # fields some action reads: an event must carry them (the
+    # other declared fields are optional, type-checked when present)
     actions: tuple[Action, ...]
     outcome: int = 0  # impression, click, ...: the contact kind (decision.config.policies)
 

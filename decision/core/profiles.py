@@ -13,6 +13,7 @@ from typing import Callable, Mapping, NamedTuple
 import numpy as np
 
 from decision.config.catalog import Catalog
+from decision.config.events import FLOAT32_MAX
 from decision.config.policies import trim_contacts
 from decision.config.segments import refresh as refresh_segments
 from decision.core.requests import Identifier, IdentifierCheck, check_type
@@ -206,8 +207,9 @@ def _checked_features(catalog: Catalog, features: Mapping[str, float]) -> dict[i
             raise InvalidArgument(
                 f"features[{name!r}]: unknown feature (known: "
                 f"{', '.join(catalog.feature_names) or 'none declared'})")
-        if not math.isfinite(v):
-            raise InvalidArgument(f"features[{name!r}]: must be finite, got {v}")
+        if not abs(v) <= FLOAT32_MAX:  # also NaN: the profile stores float32
+            raise InvalidArgument(f"features[{name!r}]: must be a finite float32 (at most "
+                                  f"{FLOAT32_MAX:.4g} in magnitude), got {v}")
         out[index[name]] = float(v)
     return out
 

@@ -66,11 +66,13 @@ class Decision:
     builds the ``RankedOffer`` view on demand."""
 
     __slots__ = ("decision_id", "cold_start", "eligible_count", "catalog_version",
-                 "decided_at_ms", "prepared", "ranked", "deliver_at_ms", "timing", "removed")
+                 "decided_at_ms", "prepared", "ranked", "deliver_at_ms", "timing", "removed",
+                 "policy_removed_count")
 
     def __init__(self, decision_id: str, cold_start: bool, eligible_count: int,
                  decided_at_ms: int, prepared: Prepared, ranked: np.ndarray,
-                 deliver_at_ms: int, timing: str, removed: tuple = ()):
+                 deliver_at_ms: int, timing: str, removed: tuple = (),
+                 policy_removed_count: int = 0):
         self.decision_id = decision_id
         self.cold_start = cold_start
         self.eligible_count = eligible_count
@@ -81,6 +83,9 @@ class Decision:
         self.deliver_at_ms = deliver_at_ms  # = decided_at_ms on a channel answered now
         self.timing = timing  # "now", or why later (decision.config.pace)
         self.removed = removed  # explain: (offer index, Reason) a policy removed
+        # no offer left (eligible_count 0): how many in scope passed their rule but a
+        # policy removed (the answer says why it is empty, explain or not); else 0
+        self.policy_removed_count = policy_removed_count
 
     @property
     def offer_index(self) -> list[int]:
@@ -176,17 +181,25 @@ class Responder:
             # so the kernel has one signature
             flat = (np.concatenate([h for _, h in histories]) if histories
                     else np.zeros((0, 2), dtype=np.int64))
+        slot_rows = np.array([slots for *_, slots in checked], dtype=np.float64)
         eligible, filled, ranked = decide_each(
-            active.catalog.code, active.catalog.consts,
-            np.array([slots for *_, slots in checked], dtype=np.float64), active.visit,
+            active.catalog.code, active.catalog.consts, slot_rows, active.visit,
             features, flat, starts, np.array([c[2] for c in checked], dtype=np.int64),
             np.array([c[3] for c in checked], dtype=np.int64), now,
             np.array([c[4] for c in checked], dtype=np.int64), N_FEATURE_REASONS,
             active.policies)
+        none_left = active.has_policies and not eligible.all()
         eligible, filled = eligible.tolist(), filled.tolist()
-        return [self.answer(active, query.channel, now, cold, zone, eligible[c],
-                            ranked[c, :filled[c]], ())
-                for c, (query, (cold, zone)) in enumerate(zip(queries, profiles))]
+        answers = [self.answer(active, query.channel, now, cold, zone, eligible[c],
+                               ranked[c, :filled[c]], ())
+                   for c, (query, (cold, zone)) in enumerate(zip(queries, profiles))]
+        if none_left:  # rare: some answer is empty; say whether policies emptied it
+            for c, n in enumerate(eligible):
+                if not n:
+                    answers[c].policy_removed_count = self._emptied_row(
+                        active, slot_rows[c], features[c], flat[starts[c]:starts[c + 1]],
+                        checked[c][2], checked[c][3], now)
+        return answers
 
     def request(self, active: Prepared, query: DecideQuery) -> tuple:
         """Check a query against the catalog and the limits; return (identifier kind,
@@ -253,14 +266,17 @@ class Responder:
         if kept is not None and kept[VERDICTS] is None:
             active.tails.keep_verdicts(
                 key, kept, np.where(active.profile_only, verdict, -1).astype(np.int8))
-        removed = ()
-        if explain and active.has_policies:
-            removed = self._removed(active, slots, channel_bit, placement_bit, now, blocked)
-        return self.answer(active, channel, now, buf is None, zone, eligible, ranked, removed)
+        if (explain or not eligible) and active.has_policies:  # rare: explain, or no offer
+            removed, emptied = self._removed(active, slots, channel_bit, placement_bit, now,
+                                             blocked, explain, eligible)
+            return self.answer(active, channel, now, buf is None, zone, eligible, ranked,
+                               removed, emptied)
+        return self.answer(active, channel, now, buf is None, zone, eligible, ranked, ())
 
     @staticmethod
     def answer(active: Prepared, channel: str, now: float, cold: bool, zone,
-               eligible: int, ranked: np.ndarray, removed: tuple) -> Decision:
+               eligible: int, ranked: np.ndarray, removed: tuple,
+               policy_removed_count: int = 0) -> Decision:
         """The ``Decision`` for the kernel's ``ranked`` rows, with its delivery time."""
         decided_ms = int(now * 1000)
         deliver_at_ms, timing = decided_ms, "now"
@@ -268,18 +284,42 @@ class Responder:
         if pace is not None:
             deliver_at_ms, timing = pace.deliver_at(decided_ms, zone)
         return Decision(decision_id(now), cold, eligible, decided_ms, active, ranked,
-                        deliver_at_ms, timing, removed)
+                        deliver_at_ms, timing, removed, policy_removed_count)
 
     def _removed(self, active: Prepared, slots, channel_bit, placement_bit, now,
-                 blocked: np.ndarray) -> tuple:
-        """The offers in scope whose rule held but a policy removed (explain), at most
-        ``max_offers`` of them, in catalog order."""
+                 blocked: np.ndarray, explain: bool, eligible: int) -> tuple[tuple, int]:
+        """The offers in scope whose rule held but a policy removed (``blocked``: the
+        kernel's): (with ``explain``, at most ``max_offers`` of them with the policy's
+        reason, in catalog order, else (); when no offer is left (``eligible`` 0), how
+        many there are, else 0). A rare path: explain, or an empty answer."""
         catalog = active.catalog
         passed = eligible_mask(catalog.code, catalog.programs, catalog.consts, slots,
                                catalog.offer_masks, catalog.offer_window, channel_bit,
                                placement_bit, now)
-        hits = np.nonzero(passed & (blocked >= 0))[0][:self.limits.max_offers]
-        return tuple((int(i), active.policy_reasons[blocked[i]]) for i in hits)
+        hits = np.nonzero(passed & (blocked >= 0))[0]
+        removed = ()
+        if explain:
+            removed = tuple((int(i), active.policy_reasons[blocked[i]])
+                            for i in hits[:self.limits.max_offers])
+        return removed, 0 if eligible else int(hits.shape[0])
+
+    def _emptied_row(self, active: Prepared, slots: np.ndarray, x: np.ndarray,
+                     contacts: np.ndarray, channel_bit: int, placement_bit: int,
+                     now: float) -> int:
+        """``policy_removed_count`` of a batch row left with no offer: ``decide_each``
+        keeps no ``blocked`` array, so the row is decided again alone
+        (``decide_offers``, same inputs, k = 1) for it. A rare path: an empty answer
+        over a catalog with policies. ``x`` and ``contacts`` are made read-only, as the
+        views over the map ``rank`` passes are, so the kernel's compiled signature is
+        reused."""
+        catalog = active.catalog
+        x, contacts = x.view(), contacts.view()
+        x.flags.writeable = contacts.flags.writeable = False
+        _, _, blocked = decide_offers(
+            catalog.code, catalog.consts, slots, active.visit, x, channel_bit, placement_bit,
+            now, 1, N_FEATURE_REASONS, contacts, active.policies, active.no_verdicts.copy())
+        return self._removed(active, slots, channel_bit, placement_bit, now, blocked, False,
+                             0)[1]
 
     def fill_context(self, active: Prepared, context, slots) -> None:
         """Check the request's context and put the values rules read into ``slots``

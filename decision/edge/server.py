@@ -8,6 +8,7 @@ runs one process until SIGTERM/SIGINT. ``decision.edge.supervisor`` runs several
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -197,7 +198,10 @@ def start(running: Running) -> None:
 
 
 def serve(settings: Settings, reuse_port: bool = False, ready=None) -> None:
-    """Run one server process until SIGTERM/SIGINT; SIGHUP reloads the catalog."""
+    """Run one server process until SIGTERM/SIGINT; SIGHUP reloads the catalog.
+
+    With ``settings.port_file``, the bound port is written there once the server is
+    SERVING and removed when it stops serving (see ``write_port_file``)."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is in place
     running = create_server(settings, reuse_port=reuse_port)
     start(running)
@@ -206,31 +210,87 @@ def serve(settings: Settings, reuse_port: bool = False, ready=None) -> None:
     security = ("mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert
                 else "plaintext") + (", tokens" if settings.credentials else
                                      ", no credentials")
-    print(f"decision: serving on {host}:{running.port} (pid {os.getpid()}, catalog "
-          f"{catalog.version}, {len(catalog.offers)} offers, {running.engine.store.count()} "
-          f"profiles in {settings.data_dir}; {security})", flush=True)
+    profiles = running.engine.store.count()
+    announce(settings, f"serving on {host}:{running.port} (pid {os.getpid()}, catalog "
+             f"{catalog.version}, {len(catalog.offers)} offers, {profiles} profiles in "
+             f"{settings.data_dir}; {security})",
+             address=f"{host}:{running.port}", port=running.port, pid=os.getpid(),
+             catalog=catalog.version, offers=len(catalog.offers), profiles=profiles,
+             data_dir=str(settings.data_dir), security=security)
     if running.metrics_port is not None:
-        print(f"decision: metrics on http://{settings.metrics_address.rpartition(':')[0]}:"
-              f"{running.metrics_port}/metrics", flush=True)
+        url = (f"http://{settings.metrics_address.rpartition(':')[0]}:{running.metrics_port}"
+               "/metrics")
+        announce(settings, f"metrics on {url}", metrics_url=url,
+                 metrics_port=running.metrics_port)
     if settings.credentials and not settings.tls_cert and not is_loopback(host):
         log.warning("tokens are sent in clear text: serve TLS (--tls-cert, --tls-key) on "
                     "a non-loopback address")
-    stopping = threading.Event()
+    if settings.port_file is not None:
+        try:
+            write_port_file(settings.port_file, running.port)
+        except OSError as exc:
+            running.stop(grace=None)
+            raise ConfigError(f"--port-file {settings.port_file}: cannot write it: "
+                              f"{exc.strerror or exc}") from None
+    try:
+        stopping = threading.Event()
 
-    def on_stop(signum, frame):
-        stopping.set()
+        def on_stop(signum, frame):
+            stopping.set()
 
-    def on_reload(signum, frame):
-        threading.Thread(target=_reload, args=(running.engine,), daemon=True).start()
+        def on_reload(signum, frame):
+            threading.Thread(target=_reload, args=(running.engine,), daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
-    if ready is not None:
-        ready(running)
-    stopping.wait()
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_reload)
+        if ready is not None:
+            ready(running)
+        stopping.wait()
+    finally:  # the file says "serving on this port": gone as the shutdown starts
+        if settings.port_file is not None:
+            remove_port_file(settings.port_file, running.port)
     log.info("shutting down: draining requests in flight")
     running.stop(grace=5.0)
+
+
+def announce(settings: Settings, text: str, **fields) -> None:
+    """A start-up line: printed as ``decision: <text>`` on stdout in text mode (scripts
+    and the README's demo read it), a log record with ``fields`` in JSON mode, so that
+    every line is JSON there."""
+    if settings.log_format == "json":
+        log.info("%s", text, extra={"fields": fields})
+    else:
+        print(f"decision: {text}", flush=True)
+
+
+def write_port_file(path, port: int) -> None:
+    """Write ``port`` and a newline to ``path`` atomically: to a file beside it, then
+    renamed over it, so a reader sees the whole number or no file."""
+    path = os.fspath(path)
+    aside = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(aside, "w", encoding="ascii") as f:
+            f.write(f"{port}\n")
+        os.replace(aside, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
+        raise
+
+
+def remove_port_file(path, port: int) -> None:
+    """Remove the port file if it still holds ``port`` (not one another server wrote
+    since); a file already gone is fine."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(64).strip() != str(port).encode():
+                return
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove the port file %s: %s", path, exc)
 
 
 def _reload(engine: Engine) -> None:

@@ -10,9 +10,11 @@ so).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import grpc
 
@@ -24,7 +26,7 @@ from decision.core.profiles import ProfileUpdate
 from decision.core.respond import Decision
 from decision.edge import wire
 from decision.edge.gate import Gate, Undecodable, decoded, details, note, parser
-from decision.errors import InvalidArgument
+from decision.errors import DecisionError, InvalidArgument
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
@@ -34,6 +36,7 @@ PRE_ENCODED = ("Decide", "DecideBatch", "ListOffers")  # handlers that return wi
 MAX_CACHED_LISTINGS = 256  # ListOffers answers kept per process (channel x placement)
 TRIGGER_BATCH = 256  # log entries read per transaction by a watcher
 TRIGGER_POLL_S = 0.005  # how often a watcher looks for other processes' triggers
+CURSOR_METADATA = "decision-cursor"  # WatchTriggers' initial metadata: its first cursor
 _CAMPAIGN_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -183,6 +186,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def _follow_triggers(self, request: pb.WatchTriggersRequest, context):
         store = self.engine.store
         cursor = store.trigger_log_end() if request.from_end else max(1, request.from_cursor)
+        # the sign that the stream is live: every trigger from `cursor` on reaches it
+        # (a from_end client that waits for this before acting misses nothing)
+        try:
+            context.send_initial_metadata(((CURSOR_METADATA, str(cursor)),))
+        except grpc.RpcError:
+            return  # the client went away already
         while context.is_active() and not self.closing.is_set():
             batch = store.triggers_from(cursor, TRIGGER_BATCH)
             for t in batch:
@@ -210,8 +219,32 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             decided_at_ms=s.decided_at_ms, campaign_id=s.campaign_id)
 
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
-        return wire.catalog_info(self.engine.reload_catalog())
+        """A catalog that fails keeps the old one serving. The client's message names
+        the catalog file (and the store) by name only, not where the server keeps them;
+        the server log has the full paths."""
+        try:
+            return wire.catalog_info(self.engine.reload_catalog())
+        except DecisionError as exc:
+            log.error("ReloadCatalog failed, the previous catalog keeps serving: %s", exc)
+            settings = self.engine.settings
+            raise type(exc)(without_paths(str(exc), settings.catalog_path,
+                                          settings.data_dir)) from None
 
+
+
+def without_paths(message: str, *paths) -> str:
+    """``message`` with each of ``paths`` (as given, absolute or resolved) replaced by
+    its last component: what a client may see of the server's files."""
+    forms = {}
+    for path in paths:
+        path = Path(path)
+        name = path.name or path.resolve().name
+        for form in (str(path), str(path.absolute()), str(path.resolve())):
+            if os.sep in form and name:  # "catalog.toml" or "." alone: nothing to hide
+                forms[form] = name
+    for form in sorted(forms, key=len, reverse=True):  # /a/b/c.toml before /a/b
+        message = message.replace(form, forms[form])
+    return message
 
 
 def add_to_server(servicer: DecisionServicer, server: grpc.Server) -> None:

@@ -87,6 +87,7 @@ _T_CATALOG_VERSION = _tag(_F["catalog_version"], _LEN)
 _T_DECIDED_AT = _tag(_F["decided_at_ms"], _VARINT)
 _T_DELIVER_AT = _tag(_F["deliver_at_ms"], _VARINT)
 _T_REMOVED = _tag(_F["removed"], _LEN)
+_T_POLICY_REMOVED_COUNT = _tag(_F["policy_removed_count"], _VARINT)
 _TIMING_NOW = _length_delimited(_tag(_F["timing"], _LEN), b"now")
 _T_TIMING = _tag(_F["timing"], _LEN)
 _T_REASON = _tag(_O["reasons"], _LEN)
@@ -151,13 +152,16 @@ def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
     body = encode_answer(d.ranked, N_FEATURE_REASONS, d.eligible_count, d.cold_start,
                          d.decided_at_ms, d.deliver_at_ms, d.decision_id.encode(),
                          b"" if timing == "now" else timing.encode(), *enc.tables).tobytes()
-    if not d.removed:
+    if not d.removed and not d.policy_removed_count:
         return body
-    return body + b"".join(  # explain only: rare, built with the classes
-        _length_delimited(_T_REMOVED, pb.RemovedOffer(
-            offer_id=offer.id, reason=pb.Reason(code=reason.code, detail=reason.detail),
-        ).SerializeToString())
-        for offer, reason in d.removed_offers)
+    # rare extras, built with the classes: explain's removed offers, and why an empty
+    # answer is empty
+    extras = [_length_delimited(_T_REMOVED, pb.RemovedOffer(
+        offer_id=offer.id, reason=pb.Reason(code=reason.code, detail=reason.detail),
+    ).SerializeToString()) for offer, reason in d.removed_offers]
+    if d.policy_removed_count:
+        extras.append(_T_POLICY_REMOVED_COUNT + varint(d.policy_removed_count))
+    return body + b"".join(extras)
 
 
 _T_RESPONSES = field_tag(pb.DecideBatchResponse.DESCRIPTOR.fields_by_name["responses"])
@@ -221,6 +225,7 @@ def decision_message(d: Decision) -> pb.DecideResponse:
         deliver_at_ms=d.deliver_at_ms, timing=d.timing,
         removed=[pb.RemovedOffer(offer_id=o.id, reason=pb.Reason(code=r.code, detail=r.detail))
                  for o, r in d.removed_offers],
+        policy_removed_count=d.policy_removed_count,
         offers=[pb.DecidedOffer(
             offer_id=r.offer.id, name=r.offer.name, rank=r.rank, score=r.score,
             propensity=r.propensity, value=r.offer.value, lever=r.offer.lever,

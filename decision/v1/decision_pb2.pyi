@@ -88,7 +88,7 @@ class DecidedOffer(_message.Message):
     def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., creative_json: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "offers", "cold_start", "eligible_count", "catalog_version", "decided_at_ms", "deliver_at_ms", "timing", "removed")
+    __slots__ = ("decision_id", "offers", "cold_start", "eligible_count", "catalog_version", "decided_at_ms", "deliver_at_ms", "timing", "removed", "policy_removed_count")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class DecideResponse(_message.Message):
     DELIVER_AT_MS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REMOVED_COUNT_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     offers: _containers.RepeatedCompositeFieldContainer[DecidedOffer]
     cold_start: bool
@@ -107,7 +108,8 @@ class DecideResponse(_message.Message):
     deliver_at_ms: int
     timing: str
     removed: _containers.RepeatedCompositeFieldContainer[RemovedOffer]
-    def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., deliver_at_ms: _Optional[int] = ..., timing: _Optional[str] = ..., removed: _Optional[_Iterable[_Union[RemovedOffer, _Mapping]]] = ...) -> None: ...
+    policy_removed_count: int
+    def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., deliver_at_ms: _Optional[int] = ..., timing: _Optional[str] = ..., removed: _Optional[_Iterable[_Union[RemovedOffer, _Mapping]]] = ..., policy_removed_count: _Optional[int] = ...) -> None: ...
 
 class DecideBatchRequest(_message.Message):
     __slots__ = ("requests",)

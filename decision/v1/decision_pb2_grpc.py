@@ -206,6 +206,11 @@ class DecisionServiceServicer:
         messaging systems. Replays every trigger from `from_cursor` on, in order, then
         streams new ones as they are committed, until the client cancels. Delivery is at
         least once: a subscriber that reconnects with its last cursor + 1 loses nothing.
+        The stream is live once its initial metadata arrives (before any trigger): the
+        server sends it as soon as the subscription's starting cursor is fixed, with
+        `decision-cursor` set to that cursor (decimal), and every trigger whose cursor
+        is at least that reaches this stream. With from_end, a client that waits for it
+        (Python: call.initial_metadata()) before acting misses nothing it causes.
         Each subscriber holds a server thread: a process accepts half of its --threads
         as subscribers and answers RESOURCE_EXHAUSTED beyond.
         """
