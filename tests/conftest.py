@@ -23,6 +23,26 @@ from decision.v1 import decision_pb2_grpc as pb_grpc
 DATA = Path(__file__).parent / "data"
 TEST_CATALOG = DATA / "catalog.toml"
 
+#: .ci/run runs tests/ a second time with NUMBA_DISABLE_JIT=1: the kernels as plain Python
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "needs_jit(why): the test cannot run with NUMBA_DISABLE_JIT=1, for the "
+        "reason given; it is skipped there, with that reason")
+
+
+def pytest_collection_modifyitems(items):
+    """``@pytest.mark.needs_jit("why")``: skipped in the JIT-less run, saying why."""
+    if not NO_JIT:
+        return
+    for item in items:
+        marker = item.get_closest_marker("needs_jit")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "compiled kernels"
+            item.add_marker(pytest.mark.skip(reason=f"needs the JIT (NUMBA_DISABLE_JIT=1): {why}"))
+
 
 @pytest.fixture
 def rng():

@@ -173,6 +173,7 @@ def test_corrupt_profile_is_a_clear_error_for_that_customer_only(stub, running, 
     assert stub.Decide(pb.DecideRequest(customer=ident("bob"), channel="web")).offers
 
 
+@pytest.mark.needs_jit("counts the kernels' compiled signatures, which plain functions lack")
 def test_nothing_compiles_on_the_request_path(stub, alice):
     """Warm-up covers every kernel signature requests use (cold start, stored
     profile, with and without placement, one by one and in batches)."""
