@@ -228,9 +228,9 @@ def test_tail_memo_reuses_only_identical_bytes():
     assert read(changed)[VERDICTS] is None  # so not kept for the new bytes
     memo.keep_verdicts(7, fresh, np.array([0, -1], dtype=np.int8))
     gc.collect()  # tuples of bytes, floats, strings and arrays are untracked by a collection
-    assert not gc.is_tracked(memo._entries[7])
+    assert not gc.is_tracked(memo.peek(7))
     read(first, key=8)
-    read(first, key=9)  # past the limit: starts afresh
-    assert len(memo) == 1
+    read(first, key=9)  # past the limit: 9 takes the place of 8 (7 was read again: kept)
+    assert len(memo) == 2 and memo.peek(8) is None and memo.peek(7) is not None
     memo.forget(9)
-    assert len(memo) == 0
+    assert len(memo) == 1
