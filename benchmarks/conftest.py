@@ -213,7 +213,7 @@ _OUTCOMES: dict[tuple[str, int], str] = {}  # (test, attempt) -> passed / failed
 def record(name: str, figure: str, measured: float, unit: str, *, kind: str = INFO,
            budget: float | None = None, higher_is_better: bool = False,
            machine: Machine | None = None, floor: float | None = None,
-           floor_unit: str | None = None) -> dict:
+           floor_unit: str | None = None, excess: bool = False) -> dict:
     """One row of the summary table; returns it (``enforce`` asserts the enforced ones).
 
     ``budget`` is a ceiling, or with ``higher_is_better`` a minimum. With ``machine``
@@ -221,13 +221,21 @@ def record(name: str, figure: str, measured: float, unit: str, *, kind: str = IN
     ceiling multiplied by ``machine.scale``, a minimum divided by it); without, it is a
     ratio and used as it is. Goals are never scaled: they are the quiet reference
     machine's targets, cannot fail the run, and read as met only when the figure itself
-    meets them. Enforced budgets are also loosened by BENCH_SLACK."""
+    meets them. Enforced budgets are also loosened by BENCH_SLACK. With ``excess`` (a
+    ratio to the empty handler whose part above 1 is the server's own CPU work) only
+    that part is scaled: budget 1 + (budget - 1) x machine scale."""
     scale = (machine.scale if machine is not None and budget is not None and kind == ENFORCED
              else 1.0)
+    if excess and budget is not None:  # a ratio whose excess over 1 is CPU work: scale that
+        scale_excess, scale = scale, 1.0
+        budget_applied = 1.0 + (budget - 1.0) * scale_excess * (
+            ci_slack() if kind == ENFORCED else 1.0)
     slack = ci_slack() if kind == ENFORCED and budget is not None else 1.0
     applied = met = None
     if budget is not None:
         applied = budget / (scale * slack) if higher_is_better else budget * scale * slack
+        if excess:
+            applied, scale = budget_applied, scale_excess
         met = bool(measured >= applied if higher_is_better else measured <= applied)
     row = {"benchmark": name, "figure": figure, "measured": float(measured), "unit": unit,
            "kind": kind, "bound": None if budget is None else (">=" if higher_is_better
@@ -236,7 +244,7 @@ def record(name: str, figure: str, measured: float, unit: str, *, kind: str = IN
            "machine_factor": None if machine is None else round(machine.factor, 3),
            "calibration_us": None if machine is None else round(machine.calibration_us, 2),
            "floor": floor, "floor_unit": floor_unit or unit, "met": met,
-           "test": _RUN["test"], "attempt": _RUN["attempt"]}
+           "test": _RUN["test"], "attempt": _RUN["attempt"], "excess": excess}
     FIGURES.append(row)
     return row
 
@@ -325,7 +333,9 @@ def pytest_terminal_summary(terminalreporter):
             f"machine factor = calibration / reference ({CALIBRATION_REFERENCE_US:g} us, "
             f"the reference machine's quiet day): {_span(factors)} in this run. Absolute "
             f"enforced budgets are multiplied by max(1, factor), at most {FACTOR_CAP:g}x "
-            f"(the 'scaled' column); ratios to the empty handler and goals are not ('-'). "
+            f"(the 'scaled' column); goals are not ('-'), nor ratios to the empty handler, "
+            f"except gRPC Decide's, whose excess over the floor is the server's CPU work "
+            f"(budget 1 + 0.5 x factor). "
             f"BENCH_SLACK={ci_slack():g}.")
     tr.write_line(f"{'benchmark':38} {'figure':24} {'measured':>11} {'floor':>11}  "
                   f"{'budget':>15} {'scaled':>17}  {'kind':8} met")
@@ -335,7 +345,9 @@ def pytest_terminal_summary(terminalreporter):
         scaled = "-"
         if f["budget"] is not None and f["kind"] == ENFORCED and (
                 f["scale"] != 1.0 or f["slack"] != 1.0 or f["machine_factor"] is not None):
-            scaled = (f"{_fmt(f['base_budget'], f['unit'])} x{f['scale'] * f['slack']:.2f}"
+            scaled = (f"1 + {f['base_budget'] - 1:.2f} x{f['scale'] * f['slack']:.2f}"
+                      if f.get("excess") else
+                      f"{_fmt(f['base_budget'], f['unit'])} x{f['scale'] * f['slack']:.2f}"
                       if f["unit"] != "/s" else
                       f"{f['base_budget']:,.0f} /{f['scale'] * f['slack']:.2f}")
         budget = "-" if f["budget"] is None else f"{f['bound']} {_fmt(f['budget'], f['unit'])}"
