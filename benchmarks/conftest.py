@@ -222,14 +222,17 @@ def record(name: str, figure: str, measured: float, unit: str, *, kind: str = IN
     ratio and used as it is. Goals are never scaled: they are the quiet reference
     machine's targets, cannot fail the run, and read as met only when the figure itself
     meets them. Enforced budgets are also loosened by BENCH_SLACK. With ``excess`` (a
-    ratio to the empty handler whose part above 1 is the server's own CPU work) only
-    that part is scaled: budget 1 + (budget - 1) x machine scale."""
+    server-vs-floor ratio whose part beyond the floor is the server's own CPU work) only
+    that part is scaled: a ceiling 1 + (budget - 1) x machine scale; a minimum (a
+    throughput ratio, the floor's time per request over the server's) 1 / (1 + (1 /
+    budget - 1) x machine scale)."""
     scale = (machine.scale if machine is not None and budget is not None and kind == ENFORCED
              else 1.0)
     if excess and budget is not None:  # a ratio whose excess over 1 is CPU work: scale that
         scale_excess, scale = scale, 1.0
-        budget_applied = 1.0 + (budget - 1.0) * scale_excess * (
-            ci_slack() if kind == ENFORCED else 1.0)
+        grown = scale_excess * (ci_slack() if kind == ENFORCED else 1.0)
+        budget_applied = (1.0 / (1.0 + (1.0 / budget - 1.0) * grown) if higher_is_better
+                          else 1.0 + (budget - 1.0) * grown)
     slack = ci_slack() if kind == ENFORCED and budget is not None else 1.0
     applied = met = None
     if budget is not None:
@@ -333,9 +336,9 @@ def pytest_terminal_summary(terminalreporter):
             f"machine factor = calibration / reference ({CALIBRATION_REFERENCE_US:g} us, "
             f"the reference machine's quiet day): {_span(factors)} in this run. Absolute "
             f"enforced budgets are multiplied by max(1, factor), at most {FACTOR_CAP:g}x "
-            f"(the 'scaled' column); goals are not ('-'), nor ratios to the empty handler, "
-            f"except gRPC Decide's, whose excess over the floor is the server's CPU work "
-            f"(budget 1 + 0.5 x factor). "
+            f"(the 'scaled' column); goals are not ('-'); of a ratio to the empty handler, "
+            f"only the server's excess over the floor, its own CPU work, is scaled "
+            f"(e.g. 1 + 0.5 x factor). "
             f"BENCH_SLACK={ci_slack():g}.")
     tr.write_line(f"{'benchmark':38} {'figure':24} {'measured':>11} {'floor':>11}  "
                   f"{'budget':>15} {'scaled':>17}  {'kind':8} met")
@@ -345,7 +348,9 @@ def pytest_terminal_summary(terminalreporter):
         scaled = "-"
         if f["budget"] is not None and f["kind"] == ENFORCED and (
                 f["scale"] != 1.0 or f["slack"] != 1.0 or f["machine_factor"] is not None):
-            scaled = (f"1 + {f['base_budget'] - 1:.2f} x{f['scale'] * f['slack']:.2f}"
+            scaled = (f"1/(1+{1 / f['base_budget'] - 1:.2f} x{f['scale'] * f['slack']:.2f})"
+                      if f.get("excess") and f["bound"] == ">=" else
+                      f"1 + {f['base_budget'] - 1:.2f} x{f['scale'] * f['slack']:.2f}"
                       if f.get("excess") else
                       f"{_fmt(f['base_budget'], f['unit'])} x{f['scale'] * f['slack']:.2f}"
                       if f["unit"] != "/s" else
