@@ -135,6 +135,7 @@ def test_open_loop_charges_its_own_late_sends(scripted):
     assert result["send_lag_us"]["max"] >= 200_000, result["send_lag_us"]
 
 
+@pytest.mark.flaky(reruns=2)  # timed 1 s windows: one stall of the shared host fails a step
 def test_rate_search_stops_at_the_servers_capacity(scripted):
     """One handler thread busy 2 ms per request serves at most ~500/s: the highest rate
     with p99 <= 20 ms is below that, and the rate above it was tried and failed."""
