@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def pytest_collection_modifyitems(items):
         if marker is not None:
             why = marker.args[0] if marker.args else "compiled kernels"
             item.add_marker(pytest.mark.skip(reason=f"needs the JIT (NUMBA_DISABLE_JIT=1): {why}"))
+
+
+def stop_process(proc: subprocess.Popen) -> int:
+    """SIGTERM a server process (a clean shutdown), SIGKILL it after 30 s; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 @pytest.fixture

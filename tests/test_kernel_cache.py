@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import kernels
-from tests.conftest import TEST_CATALOG
+from tests.conftest import TEST_CATALOG, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PRINT_DIR = "import kernels, numba; print(numba.config.CACHE_DIR)"
@@ -163,15 +162,6 @@ def start_server(env: dict[str, str], data: Path, log: Path, *extra: str):
     return proc, time.perf_counter() - started
 
 
-def stop(proc) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.needs_jit("about numba's cache of compiled kernels; its servers drop NUMBA_* "
                        "and compile whatever the pass, so here it would only repeat the JIT "
                        "pass (two cold compiles, ~75 s)")
@@ -183,7 +173,7 @@ def test_a_restarted_server_loads_every_kernel_from_the_cache_it_wrote(tmp_path)
     env = clean_env(tmp_path, NUMBA_DEBUG_CACHE="1")
     cold, cold_s = start_server(env, tmp_path / "store", tmp_path / "cold.log",
                                 "--kernel-cache", str(cache))
-    stop(cold)
+    stop_process(cold)
     cold_log = (tmp_path / "cold.log").read_text()
     assert "index saved to" in cold_log
     hashed = [p for p in cache.iterdir() if HASH_DIR.fullmatch(p.name)]
@@ -194,7 +184,7 @@ def test_a_restarted_server_loads_every_kernel_from_the_cache_it_wrote(tmp_path)
 
     warm, warm_s = start_server(env, tmp_path / "store", tmp_path / "warm.log",
                                 "--kernel-cache", str(cache))
-    stop(warm)
+    stop_process(warm)
     warm_log = (tmp_path / "warm.log").read_text()
     assert "data loaded from" in warm_log
     assert "saved to" not in warm_log, "the restart compiled something"

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from decision.edge import gate as gate_module
 from decision.edge.server import create_server, start
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
-from tests.conftest import TEST_CATALOG, free_port, ident, num, text
+from tests.conftest import TEST_CATALOG, free_port, ident, num, stop_process, text
 from tests.test_observability import scrape, total
 from tests.test_security import CREDENTIALS, TOKENS, bearer, pki  # noqa: F401 (fixture)
 
@@ -56,17 +55,6 @@ def _health(port: int) -> int:
                                                     timeout=10).status
 
 
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 # ------------------------------------------------------------------ 1. --port-file
 def test_port_file_names_the_port_picked_while_serving(tmp_path):
     port_file = tmp_path / "run" / "decision.port"
@@ -82,7 +70,7 @@ def test_port_file_names_the_port_picked_while_serving(tmp_path):
         # text mode keeps the plain banner on stdout, with the same port
         assert f"decision: serving on 127.0.0.1:{port} (pid {proc.pid}" in out.read_text()
     finally:
-        code = _stop(proc)
+        code = stop_process(proc)
     assert code == 0, err.read_text()
     assert not port_file.exists()  # removed at a clean shutdown
 
@@ -103,7 +91,7 @@ def test_with_workers_the_supervisor_writes_the_shared_port(tmp_path):
         assert _wait_for_file(port_file, proc, err, timeout=180) == f"{port}\n"
         assert _health(port) == health_pb2.HealthCheckResponse.SERVING
     finally:
-        code = _stop(proc)
+        code = stop_process(proc)
     assert code == 0, err.read_text()
     assert not port_file.exists()
 
@@ -170,7 +158,7 @@ def test_json_mode_writes_every_line_as_json_grpc_core_included(tmp_path, pki): 
             assert time.monotonic() < deadline, err.read_text()
             time.sleep(0.1)
     finally:
-        code = _stop(proc)
+        code = stop_process(proc)
     assert code == 0, err.read_text()
     lines = []
     for stream in (out, err):
