@@ -8,9 +8,9 @@ picks (``~/.cache/decision/kernels/numba-<hash of the kernel sources>`` unless
 ``DECISION_KERNEL_CACHE`` or ``NUMBA_CACHE_DIR`` say otherwise); subprocesses inherit
 the environment, so they read the same one.
 
-``create_server`` rather than ``Engine.warm`` alone: a server also compiles the reply
-encoder (``kernels.encoding``, per catalog in ``decision.edge.wire``), and whatever else
-it compiles at start-up comes along here without this file knowing.
+``compile_kernels`` is what ``decision serve`` runs before a cold start (in a child
+process there): the engine's warm-up and the reply encoder (``kernels.encoding``, per
+catalog in ``decision.edge.wire``) alike.
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from pathlib import Path
 
 
 def pytest_sessionstart(session):
-    from decision.edge.server import create_server
+    from decision.edge.supervisor import compile_kernels
     from decision.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="decision-warm-"))
     try:
-        running = create_server(Settings(
-            data_dir=tmp / "store", address="127.0.0.1:0",
-            catalog_path=Path(__file__).parent / "tests/data/catalog.toml"))
-        try:
-            running.engine.warm(batch=True)  # and the campaign kernel
-        finally:
-            running.stop(grace=None)
+        compile_kernels(Settings(data_dir=tmp / "store",
+                                 catalog_path=Path(__file__).parent / "tests/data/catalog.toml"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import pytest
 
 from decision.cli import render

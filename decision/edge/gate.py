@@ -159,9 +159,8 @@ class Gate:
                     self.in_flight -= 1
                 if observe is not None:
                     observe(name, code, clock() - started)
-                if code == "OK":
-                    if log_ok and rnd() < sample:
-                        self._log(name, code, started, client, context, "")
+                if code == "OK" and log_ok and rnd() < sample:
+                    self._log(name, code, started, client, context, "")
             self._log(name, code, started, client, context, message)
             context.abort(grpc.StatusCode[code], message)
 

@@ -54,20 +54,27 @@ def kernels_cached() -> bool:
     return all(any(cache.glob(f"{module}.*.nbi")) for module in ("decide", "encoding"))
 
 
-def _compile(settings: Settings) -> None:
-    """In the child: everything a server compiles (``create_server`` builds the reply
-    encoder's tables as well as warming the engine), then exit."""
+def compile_kernels(settings: Settings) -> None:
+    """Compile, in this process, every kernel a server compiles (the engine's warm-up,
+    the campaign kernel, and the reply encoder ``DecisionServicer`` builds per catalog)
+    into the on-disk cache. Raises ``DecisionError`` for a configuration that does not
+    load."""
     from decision.edge.servicer import DecisionServicer
 
-    try:
-        engine = Engine(settings, publish=False)
-    except DecisionError:
-        sys.exit(2)  # the parent reports it
+    engine = Engine(settings, publish=False)
     try:
         engine.warm(batch=True)
         DecisionServicer(engine)
     finally:
         engine.close()
+
+
+def _compile(settings: Settings) -> None:
+    """In the child of ``compile_apart``."""
+    try:
+        compile_kernels(settings)
+    except DecisionError:
+        sys.exit(2)  # the parent reports it
 
 
 def compile_apart(settings: Settings) -> bool:
