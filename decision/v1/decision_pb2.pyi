@@ -66,7 +66,7 @@ class Reason(_message.Message):
     def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class DecidedOffer(_message.Message):
-    __slots__ = ("offer_id", "name", "rank", "score", "propensity", "value", "lever", "reasons", "creative_json")
+    __slots__ = ("offer_id", "name", "rank", "score", "propensity", "value", "lever", "reasons", "creative_json", "probability")
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class DecidedOffer(_message.Message):
     LEVER_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     CREATIVE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     offer_id: str
     name: str
     rank: int
@@ -85,10 +86,11 @@ class DecidedOffer(_message.Message):
     lever: float
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     creative_json: str
-    def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., creative_json: _Optional[str] = ...) -> None: ...
+    probability: float
+    def __init__(self, offer_id: _Optional[str] = ..., name: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., creative_json: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "offers", "cold_start", "eligible_count", "catalog_version", "decided_at_ms", "deliver_at_ms", "timing", "removed", "policy_removed_count")
+    __slots__ = ("decision_id", "offers", "cold_start", "eligible_count", "catalog_version", "decided_at_ms", "deliver_at_ms", "timing", "removed", "policy_removed_count", "experiment", "arm", "policy", "model_version")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +101,10 @@ class DecideResponse(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     POLICY_REMOVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     offers: _containers.RepeatedCompositeFieldContainer[DecidedOffer]
     cold_start: bool
@@ -109,7 +115,11 @@ class DecideResponse(_message.Message):
     timing: str
     removed: _containers.RepeatedCompositeFieldContainer[RemovedOffer]
     policy_removed_count: int
-    def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., deliver_at_ms: _Optional[int] = ..., timing: _Optional[str] = ..., removed: _Optional[_Iterable[_Union[RemovedOffer, _Mapping]]] = ..., policy_removed_count: _Optional[int] = ...) -> None: ...
+    experiment: str
+    arm: str
+    policy: str
+    model_version: str
+    def __init__(self, decision_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[DecidedOffer, _Mapping]]] = ..., cold_start: _Optional[bool] = ..., eligible_count: _Optional[int] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., deliver_at_ms: _Optional[int] = ..., timing: _Optional[str] = ..., removed: _Optional[_Iterable[_Union[RemovedOffer, _Mapping]]] = ..., policy_removed_count: _Optional[int] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., policy: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class DecideBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -423,3 +433,141 @@ class CampaignSummary(_message.Message):
     decided_at_ms: int
     campaign_id: str
     def __init__(self, path: _Optional[str] = ..., members: _Optional[int] = ..., decided: _Optional[int] = ..., rows: _Optional[int] = ..., skipped: _Optional[int] = ..., seconds: _Optional[float] = ..., catalog_version: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., campaign_id: _Optional[str] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("offer_id", "channel", "top_features")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    channel: str
+    top_features: int
+    def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., top_features: _Optional[int] = ...) -> None: ...
+
+class FeatureWeight(_message.Message):
+    __slots__ = ("name", "weight")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class OfferModel(_message.Message):
+    __slots__ = ("offer_id", "channel", "impressions", "positives", "propensity", "propensity_low", "propensity_high", "auc", "auc_examples", "updated_at_ms", "top_features", "prior_only")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_LOW_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_HIGH_FIELD_NUMBER: _ClassVar[int]
+    AUC_FIELD_NUMBER: _ClassVar[int]
+    AUC_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    TOP_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_ONLY_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    channel: str
+    impressions: int
+    positives: int
+    propensity: float
+    propensity_low: float
+    propensity_high: float
+    auc: float
+    auc_examples: int
+    updated_at_ms: int
+    top_features: _containers.RepeatedCompositeFieldContainer[FeatureWeight]
+    prior_only: bool
+    def __init__(self, offer_id: _Optional[str] = ..., channel: _Optional[str] = ..., impressions: _Optional[int] = ..., positives: _Optional[int] = ..., propensity: _Optional[float] = ..., propensity_low: _Optional[float] = ..., propensity_high: _Optional[float] = ..., auc: _Optional[float] = ..., auc_examples: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., top_features: _Optional[_Iterable[_Union[FeatureWeight, _Mapping]]] = ..., prior_only: _Optional[bool] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_version", "catalog_version", "published_at_ms", "examples", "outcomes", "duplicates", "late", "unknown_decision", "pending", "offers", "shared_top_features")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_DECISION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_TOP_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    catalog_version: str
+    published_at_ms: int
+    examples: int
+    outcomes: int
+    duplicates: int
+    late: int
+    unknown_decision: int
+    pending: int
+    offers: _containers.RepeatedCompositeFieldContainer[OfferModel]
+    shared_top_features: _containers.RepeatedCompositeFieldContainer[FeatureWeight]
+    def __init__(self, model_version: _Optional[str] = ..., catalog_version: _Optional[str] = ..., published_at_ms: _Optional[int] = ..., examples: _Optional[int] = ..., outcomes: _Optional[int] = ..., duplicates: _Optional[int] = ..., late: _Optional[int] = ..., unknown_decision: _Optional[int] = ..., pending: _Optional[int] = ..., offers: _Optional[_Iterable[_Union[OfferModel, _Mapping]]] = ..., shared_top_features: _Optional[_Iterable[_Union[FeatureWeight, _Mapping]]] = ...) -> None: ...
+
+class DecisionRecordsRequest(_message.Message):
+    __slots__ = ("decision_id", "from_ms", "to_ms", "limit")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    TO_MS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    from_ms: int
+    to_ms: int
+    limit: int
+    def __init__(self, decision_id: _Optional[str] = ..., from_ms: _Optional[int] = ..., to_ms: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RecordedOffer(_message.Message):
+    __slots__ = ("offer_id", "rank", "score", "propensity", "value", "lever", "probability")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LEVER_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    rank: int
+    score: float
+    propensity: float
+    value: float
+    lever: float
+    probability: float
+    def __init__(self, offer_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class DecisionRecord(_message.Message):
+    __slots__ = ("decision_id", "decided_at_ms", "profile_key", "channel", "placement", "catalog_version", "model_version", "experiment", "arm", "policy", "features", "feature_names", "offers", "eligible_count", "shadow_arm", "shadow_offers")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_ARM_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_OFFERS_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    decided_at_ms: int
+    profile_key: str
+    channel: str
+    placement: str
+    catalog_version: str
+    model_version: str
+    experiment: str
+    arm: str
+    policy: str
+    features: _containers.RepeatedScalarFieldContainer[float]
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    offers: _containers.RepeatedCompositeFieldContainer[RecordedOffer]
+    eligible_count: int
+    shadow_arm: str
+    shadow_offers: _containers.RepeatedCompositeFieldContainer[RecordedOffer]
+    def __init__(self, decision_id: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., profile_key: _Optional[str] = ..., channel: _Optional[str] = ..., placement: _Optional[str] = ..., catalog_version: _Optional[str] = ..., model_version: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., policy: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., feature_names: _Optional[_Iterable[str]] = ..., offers: _Optional[_Iterable[_Union[RecordedOffer, _Mapping]]] = ..., eligible_count: _Optional[int] = ..., shadow_arm: _Optional[str] = ..., shadow_offers: _Optional[_Iterable[_Union[RecordedOffer, _Mapping]]] = ...) -> None: ...

@@ -99,6 +99,16 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.ReloadCatalogRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.CatalogInfo.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/decision.v1.DecisionService/GetModel',
+                request_serializer=decision_dot_v1_dot_decision__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.GetDecisionRecords = channel.unary_stream(
+                '/decision.v1.DecisionService/GetDecisionRecords',
+                request_serializer=decision_dot_v1_dot_decision__pb2.DecisionRecordsRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.DecisionRecord.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -239,6 +249,24 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """What the learned models know: per offer (and channel, where the catalog gives a
+        channel its own models) the evidence, the posterior of its base propensity, the
+        AUC on recent examples before they were learned from, and the top features.
+        FAILED_PRECONDITION when the catalog does not learn; NOT_FOUND for an unknown offer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDecisionRecords(self, request, context):
+        """Decision records: one by decision_id, or those decided in [from_ms, to_ms), oldest
+        first. NOT_FOUND for an unknown (or erased, or expired) decision id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +329,16 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ReloadCatalog,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.ReloadCatalogRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.CatalogInfo.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.GetModelRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetDecisionRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetDecisionRecords,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.DecisionRecordsRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.DecisionRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -632,6 +670,60 @@ class DecisionService:
             '/decision.v1.DecisionService/ReloadCatalog',
             decision_dot_v1_dot_decision__pb2.ReloadCatalogRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.CatalogInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/GetModel',
+            decision_dot_v1_dot_decision__pb2.GetModelRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDecisionRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/decision.v1.DecisionService/GetDecisionRecords',
+            decision_dot_v1_dot_decision__pb2.DecisionRecordsRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.DecisionRecord.FromString,
             options,
             channel_credentials,
             insecure,
