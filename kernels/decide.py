@@ -31,6 +31,10 @@ from kernels.eligibility import MAX_STACK, distinct_programs, in_scope, run_prog
 from kernels.policies import contact_blocks
 from kernels.scoring import logit_of, sigmoid, top_contributions
 
+# The columns of a ranked row before its reasons: offer index, score, propensity, and
+# the probability with which the policy chose the offer at its rank.
+HEAD = 4
+
 
 class Visit(NamedTuple):
     """The per-offer arrays in the kernels' visiting order: by value x lever, highest
@@ -189,11 +193,11 @@ def decide_offers(code, consts, slots, visit, x, channel_bit, placement_bit, now
     those that read only profile fields, from an earlier decision on the same stored
     profile), filled in as programs run.
 
-    Returns (eligible_count int64, ranked float64[r, 3 + 2 * n_reasons], blocked
+    Returns (eligible_count int64, ranked float64[r, HEAD + 2 * n_reasons], blocked
     int32[n]) with r = min(k, eligible_count), best first, ties by lower offer index.
-    Row q of ``ranked`` is (offer index, score, propensity, the n_reasons feature
-    indices (-1: none), their weights): one array to hand back to Python instead of
-    six (each returned array is an object to build). blocked[i] is the policy that
+    Row q of ``ranked`` is (offer index, score, propensity, probability (1: a greedy
+    choice), the n_reasons feature indices (-1: none), their weights): one array to
+    hand back to Python instead of seven (each returned array is an object to build). blocked[i] is the policy that
     removed offer i (-1: none; set for every offer a policy covers, whatever its
     other checks).
     """
@@ -219,14 +223,15 @@ def _decide_one(code, consts, slots, visit, x, channel_bit, placement_bit, now, 
     size, eligible = rank_one(code, consts, slots, visit, x, blocked, channel_bit,
                               placement_bit, now, k, best, best_score, best_p, stack, verdict)
     reason_feature, reason_weight = top_contributions(weights, x, best[:size], n_reasons)
-    ranked = np.empty((size, 3 + 2 * n_reasons), dtype=np.float64)
+    ranked = np.empty((size, HEAD + 2 * n_reasons), dtype=np.float64)
     for q in range(size):
         ranked[q, 0] = offer_of[best[q]]
         ranked[q, 1] = best_score[q]
         ranked[q, 2] = best_p[q]
+        ranked[q, 3] = 1.0
         for r in range(n_reasons):
-            ranked[q, 3 + r] = reason_feature[q, r]
-            ranked[q, 3 + n_reasons + r] = reason_weight[q, r]
+            ranked[q, HEAD + r] = reason_feature[q, r]
+            ranked[q, HEAD + n_reasons + r] = reason_weight[q, r]
     return eligible, ranked, blocked
 
 
@@ -306,7 +311,7 @@ def decide_each(code, consts, slots, visit, features, contacts, contact_start, c
     evaluated together (``rule_table``; a block under ``TABLE_MIN`` rows runs each
     row's programs on first use).
 
-    Returns (eligible int64[m], filled int32[m], ranked float64[m, max(ks), 3 + 2 *
+    Returns (eligible int64[m], filled int32[m], ranked float64[m, max(ks), HEAD + 2 *
     n_reasons]): row c's first filled[c] entries are decide_offers' ``ranked`` rows."""
     m = slots.shape[0]
     k_max = 1
@@ -314,7 +319,7 @@ def decide_each(code, consts, slots, visit, features, contacts, contact_start, c
         k_max = max(k_max, ks[c])
     eligible = np.zeros(m, dtype=np.int64)
     filled = np.zeros(m, dtype=np.int32)
-    ranked = np.zeros((m, k_max, 3 + 2 * n_reasons), dtype=np.float64)
+    ranked = np.zeros((m, k_max, HEAD + 2 * n_reasons), dtype=np.float64)
     for lo in range(0, m, LANES):
         hi = min(m, lo + LANES)
         table = _block_table(code, consts, slots, visit, lo, hi)

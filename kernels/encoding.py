@@ -9,7 +9,8 @@ indexing (8.4 us for an answer of 5 offers with 3 reasons each).
 
 Layout of the arguments:
 
-- ``ranked`` float64[r, 3 + 2 * n_reasons]: ``decide_offers``' rows;
+- ``ranked`` float64[r, 4 + 2 * n_reasons]: ``decide_offers``' rows (offer, score,
+  propensity, probability, reasons);
 - ``tags``: the one-byte tags, indexed by the ``T_*`` constants below;
 - ``blob`` (uint8) and ``at`` (int64): byte string s is ``blob[at[s]:at[s + 1]]``:
   offer i's static part is string i, feature j's reason prefix (its weight's 8 bytes
@@ -27,10 +28,11 @@ from numba import njit
 
 # indices into ``tags``
 T_DECISION_ID, T_OFFERS, T_ELIGIBLE_COUNT, T_DECIDED_AT, T_DELIVER_AT, T_TIMING, T_RANK, \
-    T_SCORE, T_PROPENSITY = range(9)
+    T_SCORE, T_PROPENSITY, T_PROBABILITY = range(10)
 # indices of the pieces in ``fixed``
 F_COLD_REASON, F_COLD_START, F_VERSION, F_TIMING_NOW = range(4)
-SCORE_PROPENSITY_BYTES = 18  # two one-byte tags, two 8-byte doubles
+SCORE_PROPENSITY_BYTES = 27  # three one-byte tags, three 8-byte doubles
+HEAD = 4  # kernels.decide.HEAD: a ranked row's columns before its reasons
 
 
 @njit(cache=True, error_model="numpy")
@@ -86,7 +88,7 @@ def _offer_size(ranked, q, n_reasons, cold, at, features, fixed):
     if cold:
         return size + _length(at, fixed + F_COLD_REASON)
     for r in range(n_reasons):
-        j = np.int64(ranked[q, 3 + r])
+        j = np.int64(ranked[q, HEAD + r])
         if j >= 0:
             size += _length(at, features + j) + 8
     return size
@@ -107,11 +109,13 @@ def _string(out, where, blob, at, s):
 
 @njit(cache=True, error_model="numpy")
 def encode_answer(ranked, n_reasons, eligible, cold, decided_ms, deliver_ms, decision_id,
-                  timing, tags, blob, at, features, fixed):
+                  timing, tail, tags, blob, at, features, fixed):
     """The DecideResponse bytes (uint8[]): decision_id, offers (rank q + 1 for row q),
     cold_start, eligible_count, catalog_version, decided_at_ms, deliver_at_ms and
-    timing (``timing`` empty: "now"). ``decision_id`` and ``timing`` are ``bytes``.
-    Integers are int64 (negative ones as protobuf writes them: 10 bytes)."""
+    timing (``timing`` empty: "now"), then ``tail`` as it is (fields encoded once per
+    policy and model version: experiment, arm, policy, model_version). ``decision_id``,
+    ``timing`` and ``tail`` are ``bytes``. Integers are int64 (negative ones as
+    protobuf writes them: 10 bytes)."""
     k = ranked.shape[0]
     sizes = np.empty(k, dtype=np.int64)
     total = 1 + varint_size(len(decision_id)) + len(decision_id)
@@ -126,6 +130,7 @@ def encode_answer(ranked, n_reasons, eligible, cold, decided_ms, deliver_ms, dec
         total += _length(at, fixed + F_TIMING_NOW)
     else:
         total += 1 + varint_size(len(timing)) + len(timing)
+    total += len(tail)
 
     out = np.empty(total, dtype=np.uint8)
     scratch = np.empty(1, dtype=np.float64)
@@ -141,14 +146,15 @@ def encode_answer(ranked, n_reasons, eligible, cold, decided_ms, deliver_ms, dec
         w = _varint(out, w + 1, q + 1)
         w = _double(out, w, tags[T_SCORE], ranked[q, 1], scratch, scratch_bytes)
         w = _double(out, w, tags[T_PROPENSITY], ranked[q, 2], scratch, scratch_bytes)
+        w = _double(out, w, tags[T_PROBABILITY], ranked[q, 3], scratch, scratch_bytes)
         if cold:
             w = _string(out, w, blob, at, fixed + F_COLD_REASON)
             continue
         for r in range(n_reasons):
-            j = np.int64(ranked[q, 3 + r])
+            j = np.int64(ranked[q, HEAD + r])
             if j >= 0:
                 w = _string(out, w, blob, at, features + j)
-                w = _double(out, w, -1, ranked[q, 3 + n_reasons + r], scratch, scratch_bytes)
+                w = _double(out, w, -1, ranked[q, HEAD + n_reasons + r], scratch, scratch_bytes)
     if cold:
         w = _string(out, w, blob, at, fixed + F_COLD_START)
     out[w] = tags[T_ELIGIBLE_COUNT]
@@ -164,4 +170,5 @@ def encode_answer(ranked, n_reasons, eligible, cold, decided_ms, deliver_ms, dec
         out[w] = tags[T_TIMING]
         w = _varint(out, w + 1, len(timing))
         w = _text(out, w, timing)
+    _text(out, w, tail)
     return out

@@ -556,7 +556,7 @@ def fused(code, programs, consts, slots, masks, window, offer_value, weights, bi
                                               placement_bit, now, k, n_reasons, contacts,
                                               policies, new_verdicts(visit))
     return (ranked[:, 0].astype(np.int32), ranked[:, 1], ranked[:, 2], eligible,
-            ranked[:, 3:3 + n_reasons].astype(np.int32), ranked[:, 3 + n_reasons:], blocked)
+            ranked[:, 4:4 + n_reasons].astype(np.int32), ranked[:, 4 + n_reasons:], blocked)
 
 
 def no_policies(n: int) -> tuple:

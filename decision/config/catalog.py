@@ -78,6 +78,7 @@ import numpy as np
 
 from decision.errors import CatalogError, RuleError
 from decision.config.events import EventType, parse_event_types
+from decision.config.learning import Learning, parse_learning
 from decision.config.pace import ChannelPace, parse_pace
 from decision.config.policies import PolicySet
 from decision.config.rules import Field, FieldTable, ProgramBuilder
@@ -131,6 +132,9 @@ class Catalog:
     visit: Visit  # the per-offer arrays in the kernels' visiting order
     weights: np.ndarray  # float32[n, F]
     bias: np.ndarray  # float64[n]
+    model: "Model"  # the [model] as written: the learned models' prior
+    offer_vectors: np.ndarray  # float64[n, D]: each offer's model.offer_features values
+    learning: Learning  # [learning], [explore], [control], [experiments]
     profile_fields: tuple[Field, ...]  # profile/counter/segment fields offer rules read
     context_fields: dict[str, Field]
     events: dict[str, EventType]  # event types: what each does to a profile
@@ -181,7 +185,7 @@ def load_catalog(path: str | Path) -> Catalog:
 def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     _only_keys(doc, "catalog", {"version", "channels", "placements", "profile", "context",
                                 "model", "offer", "events", "segments", "triggers", "pace",
-                                "policy"})
+                                "policy", "learning", "explore", "control", "experiments"})
     channels = _names(doc.get("channels"), "channels", required=True)
     placements = _names(doc.get("placements", []), "placements", required=False)
     profile = _table(doc, "profile")
@@ -198,7 +202,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
                                         required=False),
                         segments=tuple(segment_rules))
     segments = SegmentSet(segment_rules, fields)
-    model = _Model.parse(_table(doc, "model"), feature_names)
+    model = Model.parse(_table(doc, "model"), feature_names)
     events = parse_event_types(doc.get("events", {}), feature_names,
                                _types(profile.get("attributes", {}), "profile.attributes"))
     pace = parse_pace(doc.get("pace", {}), channels)
@@ -214,6 +218,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
     offer_ids = [o.id for o in offers]
     policies = PolicySet(doc.get("policy", []), channels, offer_ids)
     triggers = TriggerSet(doc.get("triggers", {}), events, fields, channels, placements)
+    learning = parse_learning(doc, channels, set(offer_ids))
 
     n = len(offers)
     builder = ProgramBuilder(fields)
@@ -231,12 +236,14 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
          for o in offers], dtype=np.int64)
     offer_window = np.array([[o.valid_from, o.valid_until] for o in offers], dtype=np.float64)
     offer_value = np.array([[o.value, o.lever] for o in offers], dtype=np.float64)
-    weights, bias = model.offer_arrays(offers)
+    offer_vectors = model.offer_vectors(offers)
+    weights, bias = model.offer_arrays(offer_vectors)
 
     if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
         raise CatalogError("model: weights too large (a folded per-offer weight or bias is "
                            "not finite in float32); scale the features or the weights down")
-    arrays = (code, programs, consts, offer_masks, offer_window, offer_value, weights, bias)
+    arrays = (code, programs, consts, offer_masks, offer_window, offer_value, weights, bias,
+              offer_vectors)
     for array in arrays:
         array.flags.writeable = False  # a catalog version is immutable
     visit = visit_plan(programs, offer_masks, offer_window, offer_value, weights, bias)
@@ -251,7 +258,8 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
         offers=tuple(offers), fields=fields, feature_names=feature_names,
         code=code, programs=programs, consts=consts, offer_masks=offer_masks,
         offer_window=offer_window, offer_value=offer_value, visit=visit,
-        weights=weights, bias=bias,
+        weights=weights, bias=bias, model=model, offer_vectors=offer_vectors,
+        learning=learning,
         profile_fields=tuple(f for f in used if f.namespace != "context"),
         context_fields={f.name: f for f in used if f.namespace == "context"},
         events=events, segments=segments, triggers=triggers, pace=pace, policies=policies,
@@ -261,7 +269,7 @@ def _compile(doc: dict, path: Path, digest: str) -> Catalog:
 
 
 @dataclass(frozen=True)
-class _Model:
+class Model:
     """The logistic model: log-odds = b + w_c.x + w_o.e + x^T A e."""
 
     intercept: float
@@ -271,7 +279,7 @@ class _Model:
     interactions: np.ndarray  # float64[F, D]
 
     @classmethod
-    def parse(cls, model: dict, feature_names: tuple[str, ...]) -> "_Model":
+    def parse(cls, model: dict, feature_names: tuple[str, ...]) -> "Model":
         _only_keys(model, "[model]", {"intercept", "customer_weights", "offer_features",
                                       "offer_weights", "interactions"})
         offer_features = _names(model.get("offer_features", []), "model.offer_features",
@@ -305,9 +313,15 @@ class _Model:
             e[_index(d_index, name, where, "model.offer_features")] = _number(v, f"{where}.{name}")
         return e
 
-    def offer_arrays(self, offers: list[Offer]) -> tuple[np.ndarray, np.ndarray]:
-        e = np.array([self.offer_vector(o.features, f"offer '{o.id}': features")
-                      for o in offers]).reshape(len(offers), len(self.offer_features))
+    def offer_vectors(self, offers: list[Offer]) -> np.ndarray:
+        """float64[n, D]: each offer's values of ``offer_features``."""
+        return np.array([self.offer_vector(o.features, f"offer '{o.id}': features")
+                         for o in offers], dtype=np.float64).reshape(len(offers),
+                                                                     len(self.offer_features))
+
+    def offer_arrays(self, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The folded per-offer (weights float32[n, F], bias float64[n]) for the offers'
+        feature vectors ``e``."""
         weights = self.customer_weights[None, :] + e @ self.interactions.T
         bias = self.intercept + e @ self.offer_weights
         with np.errstate(over="ignore"):  # overflow is reported by the caller's check
@@ -315,7 +329,7 @@ class _Model:
                     np.ascontiguousarray(bias, dtype=np.float64))
 
 
-def _offer(o: object, position: int, channels, placements, model: _Model) -> Offer:
+def _offer(o: object, position: int, channels, placements, model: Model) -> Offer:
     if not isinstance(o, dict):
         raise CatalogError(f"offer #{position + 1}: must be a table")
     oid = o.get("id")

@@ -1,7 +1,7 @@
 """Durations and times of day as the catalog writes them, parsed once at load.
 
-- a duration is a string of a whole number and a unit: ``"45s"``, ``"30m"``, ``"2h"``,
-  ``"1d"``, ``"2w"`` (or several: ``"1h30m"``);
+- a duration is a string of a whole number and a unit: ``"250ms"``, ``"45s"``, ``"30m"``,
+  ``"2h"``, ``"1d"``, ``"2w"`` (or several: ``"1h30m"``);
 - a time of day is ``"HH:MM"`` on a 24-hour clock (``"24:00"`` is the end of the day).
 
 Both raise CatalogError naming the place (``where``) and what to write instead.
@@ -13,9 +13,9 @@ import re
 
 from decision.errors import CatalogError
 
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_DURATION = re.compile(r"^(?:\d+[smhdw])+$")
-_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION = re.compile(r"^(?:\d+(?:ms|[smhdw]))+$")
+_PART = re.compile(r"(\d+)(ms|[smhdw])")
 _CLOCK = re.compile(r"^(\d{2}):(\d{2})$")
 DAY_MINUTES = 24 * 60
 
@@ -24,7 +24,7 @@ def duration_ms(value, where: str, allow_zero: bool = False) -> int:
     """Milliseconds in a duration like ``"30m"`` or ``"7d"``."""
     if not isinstance(value, str) or not _DURATION.match(value.strip()):
         raise CatalogError(f"{where}: a duration like \"30m\", \"2h\", \"7d\" or \"1h30m\" "
-                           f"(units s, m, h, d, w), got {value!r}")
+                           f"(units ms, s, m, h, d, w), got {value!r}")
     ms = sum(int(n) * _UNIT_MS[u] for n, u in _PART.findall(value.strip()))
     if ms == 0 and not allow_zero:
         raise CatalogError(f"{where}: must be longer than zero, got {value!r}")
@@ -36,7 +36,7 @@ def format_duration(ms: int) -> str:
     if ms == 0:
         return "0s"
     out = []
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("w", "d", "h", "m", "s", "ms"):
         n, ms = divmod(ms, _UNIT_MS[unit])
         if n:
             out.append(f"{n}{unit}")

@@ -35,7 +35,7 @@ from decision.settings import Limits
 from decision.store import layout
 from decision.store.database import ProfileStore
 from decision.store.layout import AttributeValue
-from kernels.decide import decide_each, decide_offers
+from kernels.decide import HEAD, decide_each, decide_offers
 from kernels.eligibility import eligible_mask
 
 _random_bits = random.getrandbits  # decision ids must be unique, not secret (os.urandom: 1 us)
@@ -56,23 +56,25 @@ class RankedOffer(NamedTuple):
     score: float
     propensity: float
     reasons: tuple[Reason, ...]
+    probability: float = 1.0  # the policy's probability of this offer at this rank
 
 
 class Decision:
     """One answer. The ranking stays as the kernel produced it: ``ranked``, float64[r,
-    3 + 2 * N_FEATURE_REASONS], one row per offer, best first, ``[offer index, score,
-    propensity, feature indices..., feature weights...]`` (-1 = no feature), so front
-    ends encode it without intermediate objects (``decision.edge.wire``); ``offers``
-    builds the ``RankedOffer`` view on demand."""
+    HEAD + 2 * N_FEATURE_REASONS], one row per offer, best first, ``[offer index, score,
+    propensity, probability, feature indices..., feature weights...]`` (-1 = no
+    feature), so front ends encode it without intermediate objects
+    (``decision.edge.wire``); ``offers`` builds the ``RankedOffer`` view on demand."""
 
     __slots__ = ("decision_id", "cold_start", "eligible_count", "catalog_version",
                  "decided_at_ms", "prepared", "ranked", "deliver_at_ms", "timing", "removed",
-                 "policy_removed_count")
+                 "policy_removed_count", "experiment", "arm", "policy", "model_version")
 
     def __init__(self, decision_id: str, cold_start: bool, eligible_count: int,
                  decided_at_ms: int, prepared: Prepared, ranked: np.ndarray,
                  deliver_at_ms: int, timing: str, removed: tuple = (),
-                 policy_removed_count: int = 0):
+                 policy_removed_count: int = 0, experiment: str = "", arm: str = "",
+                 policy: str = "greedy", model_version: str = ""):
         self.decision_id = decision_id
         self.cold_start = cold_start
         self.eligible_count = eligible_count
@@ -86,6 +88,10 @@ class Decision:
         # no offer left (eligible_count 0): how many in scope passed their rule but a
         # policy removed (the answer says why it is empty, explain or not); else 0
         self.policy_removed_count = policy_removed_count
+        self.experiment = experiment  # "" when no experiment covers the channel
+        self.arm = arm  # the customer's arm in it, or "control"
+        self.policy = policy  # how the shown offers were chosen
+        self.model_version = model_version  # "" when the catalog does not learn
 
     @property
     def offer_index(self) -> list[int]:
@@ -110,8 +116,8 @@ class Decision:
             else:
                 reasons = (prepared.eligible_reason[i], *[
                     Reason("FEATURE", names[int(j)], w)
-                    for j, w in zip(row[3:3 + n], row[3 + n:3 + 2 * n]) if j >= 0])
-            ranked.append(RankedOffer(offers[i], r + 1, row[1], row[2], reasons))
+                    for j, w in zip(row[HEAD:HEAD + n], row[HEAD + n:HEAD + 2 * n]) if j >= 0])
+            ranked.append(RankedOffer(offers[i], r + 1, row[1], row[2], reasons, row[3]))
         return tuple(ranked)
 
 

@@ -25,6 +25,7 @@ does not follow fails them.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -37,7 +38,9 @@ from decision.core.respond import DecideQuery, Decision
 from decision.store.layout import ProfileRecord
 from decision.store.records import Trigger
 from decision.v1 import decision_pb2 as pb
-from kernels.encoding import F_COLD_REASON, F_COLD_START, F_TIMING_NOW, F_VERSION, encode_answer
+from kernels.encoding import (
+    F_COLD_REASON, F_COLD_START, F_TIMING_NOW, F_VERSION, HEAD, encode_answer,
+)
 
 _F = pb.DecideResponse.DESCRIPTOR.fields_by_name
 _O = pb.DecidedOffer.DESCRIPTOR.fields_by_name
@@ -108,8 +111,18 @@ def _one_byte(tag: bytes) -> int:
 
 _TAGS = np.array([_one_byte(t) for t in (
     _T_DECISION_ID, _T_OFFERS, _T_ELIGIBLE_COUNT, _T_DECIDED_AT, _T_DELIVER_AT, _T_TIMING,
-    _tag(_O["rank"], _VARINT), _tag(_O["score"], _I64), _tag(_O["propensity"], _I64))],
+    _tag(_O["rank"], _VARINT), _tag(_O["score"], _I64), _tag(_O["propensity"], _I64),
+    _tag(_O["probability"], _I64))],
     dtype=np.uint8)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tail(experiment: str, arm: str, policy: str, model_version: str) -> bytes:
+    """The fields after timing, encoded once per combination (a few per model version)."""
+    return b"".join(_length_delimited(_tag(_F[name], _LEN), text.encode())
+                    for name, text in (("experiment", experiment), ("arm", arm),
+                                       ("policy", policy), ("model_version", model_version))
+                    if text)
 
 
 class OfferEncodings:
@@ -142,8 +155,8 @@ class OfferEncodings:
         self.tables = (_TAGS, blob, at, len(static), len(static) + len(prefixes))
         # compiled (or loaded from the cache) here, off the request path; the types
         # are those of every real call
-        encode_answer(np.zeros((0, 3 + 2 * N_FEATURE_REASONS)), N_FEATURE_REASONS, 0, False,
-                      0, 0, b"", b"", *self.tables)
+        encode_answer(np.zeros((0, HEAD + 2 * N_FEATURE_REASONS)), N_FEATURE_REASONS, 0,
+                      False, 0, 0, b"", b"", b"", *self.tables)
 
 
 def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
@@ -151,7 +164,9 @@ def encode_decision(d: Decision, enc: OfferEncodings) -> bytes:
     timing = d.timing
     body = encode_answer(d.ranked, N_FEATURE_REASONS, d.eligible_count, d.cold_start,
                          d.decided_at_ms, d.deliver_at_ms, d.decision_id.encode(),
-                         b"" if timing == "now" else timing.encode(), *enc.tables).tobytes()
+                         b"" if timing == "now" else timing.encode(),
+                         _tail(d.experiment, d.arm, d.policy, d.model_version),
+                         *enc.tables).tobytes()
     if not d.removed and not d.policy_removed_count:
         return body
     # rare extras, built with the classes: explain's removed offers, and why an empty
@@ -226,10 +241,11 @@ def decision_message(d: Decision) -> pb.DecideResponse:
         removed=[pb.RemovedOffer(offer_id=o.id, reason=pb.Reason(code=r.code, detail=r.detail))
                  for o, r in d.removed_offers],
         policy_removed_count=d.policy_removed_count,
+        experiment=d.experiment, arm=d.arm, policy=d.policy, model_version=d.model_version,
         offers=[pb.DecidedOffer(
             offer_id=r.offer.id, name=r.offer.name, rank=r.rank, score=r.score,
             propensity=r.propensity, value=r.offer.value, lever=r.offer.lever,
-            creative_json=r.offer.creative_json,
+            creative_json=r.offer.creative_json, probability=r.probability,
             reasons=[pb.Reason(code=x.code, detail=x.detail, weight=x.weight)
                      for x in r.reasons],
         ) for r in d.offers],

@@ -18,7 +18,22 @@ db             key                              value
                                                 ``next_key``: uint64 big-endian;
                                                 ``catalog_version``: UTF-8, the catalog
                                                 every process should serve;
-                                                ``next_trigger``: uint64 big-endian
+                                                ``next_trigger``, ``next_outcome``: uint64
+                                                big-endian; ``model_version``, ``learner``
+                                                (the lease), ``learner_state`` (cursor and
+                                                counters): msgpack
+``decisions``  decision id (ASCII hex, time      ``records.DecisionRecord``: what a
+               first: sorted by time)            decision saw and did
+``decision_    owner (profile key BE, or 0xFF +  empty: which decisions to erase with a
+owners``       identifier hash) + decision id    customer
+``outcomes``   cursor, uint64 big-endian         ``records.OutcomeRecord``: outcome events
+                                                naming a decision, in arrival order
+``labels``     deadline ms (BE) + decision id   ``\x00`` pending, ``\x01`` labelled:
+               \x1f offer id                    impressions in their response window
+``label_       decision id \x1f offer id        that impression's ``labels`` key
+index``
+``models``     ``shared`` or offer id \x1f       ``records.ModelEntry``: a learned
+               channel group                     posterior
 =============  ===============================  =====================================
 
 Readers never wait for writers (LMDB's MVCC); writers from every process serialise on
@@ -44,8 +59,10 @@ import msgpack
 from decision.errors import CorruptProfile, StoreError
 from decision.store.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
 from decision.store.records import (
-    ACTION, EVENT, SEGMENT_ENTER, SEGMENT_LEAVE, ScheduledAction, Trigger, event_profile, owner,
-    pack_action, pack_event, pack_trigger, unpack_action, unpack_trigger,
+    ACTION, EVENT, SEGMENT_ENTER, SEGMENT_LEAVE, DecisionRecord, Label, ModelEntry,
+    OutcomeRecord, ScheduledAction, Trigger, event_profile, label_key, owner, pack_action,
+    pack_decision, pack_event, pack_model, pack_outcome, pack_trigger, unpack_action,
+    unpack_decision, unpack_label, unpack_model, unpack_outcome, unpack_trigger,
 )
 
 T = TypeVar("T")
@@ -54,7 +71,8 @@ _SEP = "\x1f"
 
 #: Every sub-database of the environment, in the order of the table above. Backup,
 #: restore and the README follow this list.
-SUB_DATABASES = ("profiles", "identity", "events", "triggers", "schedule", "pending", "meta")
+SUB_DATABASES = ("profiles", "identity", "events", "triggers", "schedule", "pending", "meta",
+                 "decisions", "decision_owners", "outcomes", "labels", "label_index", "models")
 
 
 def profile_key_bytes(key: int) -> bytes:
@@ -177,7 +195,8 @@ class ProfileStore:
         self._gate = _MapGate()
         self.clear_stale_readers()
         (self.profiles_db, self.identity_db, self.events_db, self.triggers_db,
-         self.schedule_db, self.pending_db, self.meta_db) = (
+         self.schedule_db, self.pending_db, self.meta_db, self.decisions_db, self.owners_db,
+         self.outcomes_db, self.labels_db, self.label_index_db, self.models_db) = (
             self.env.open_db(name.encode(), create=not readonly) for name in SUB_DATABASES)
         self.committed = threading.Condition()  # notified after every write commit
 
@@ -494,3 +513,140 @@ class ProfileStore:
     def count(self) -> int:
         with self.reader() as r:
             return r._txn.stat(self.profiles_db)["entries"]
+
+    # ------------------------------------------------------------- decision records
+    def record_decisions(self, txn: lmdb.Transaction, records: list[DecisionRecord]) -> None:
+        for record in records:
+            key = record.decision_id.encode()
+            txn.put(key, pack_decision(record), db=self.decisions_db)
+            txn.put(record.owner + key, b"", db=self.owners_db)
+
+    def decision(self, txn: lmdb.Transaction, decision_id: str) -> DecisionRecord | None:
+        raw = txn.get(decision_id.encode(), db=self.decisions_db)
+        return None if raw is None else unpack_decision(decision_id, raw)
+
+    def decisions_between(self, from_ms: int, to_ms: int, limit: int) -> list[DecisionRecord]:
+        """The records decided in [from_ms, to_ms), oldest first, at most ``limit``."""
+        out = []
+        with self.reader() as r:
+            c = r._txn.cursor(db=self.decisions_db)
+            if c.set_range(f"{max(0, from_ms) & 0xFFFFFFFFFFFF:012x}".encode()):
+                for k, v in c:
+                    record = unpack_decision(bytes(k).decode(), v)
+                    if record.decided_ms >= to_ms or len(out) >= limit:
+                        break
+                    if record.decided_ms >= from_ms:
+                        out.append(record)
+        return out
+
+    def delete_decisions(self, txn: lmdb.Transaction, owners: list[bytes]) -> int:
+        """Erase the decision records filed under ``owners``; return how many."""
+        removed = 0
+        c = txn.cursor(db=self.owners_db)
+        for prefix in owners:
+            doomed = []
+            if c.set_range(prefix):
+                for k, _ in c:
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    doomed.append(k)
+            for k in doomed:
+                txn.delete(k, db=self.owners_db)
+                removed += txn.delete(k[len(prefix):], db=self.decisions_db)
+        return removed
+
+    def expire_decisions(self, txn: lmdb.Transaction, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` of the records decided before ``before_ms``."""
+        end = f"{max(0, before_ms) & 0xFFFFFFFFFFFF:012x}".encode()
+        doomed = []
+        c = txn.cursor(db=self.decisions_db)
+        if c.first():
+            for k, v in c:
+                k = bytes(k)
+                if k >= end or len(doomed) >= limit:
+                    break
+                doomed.append((k, unpack_decision(k.decode(), v).owner))
+        for k, who in doomed:
+            txn.delete(k, db=self.decisions_db)
+            txn.delete(who + k, db=self.owners_db)
+        return len(doomed)
+
+    # ------------------------------------------------------------- outcomes
+    def append_outcome(self, txn: lmdb.Transaction, outcome: OutcomeRecord) -> int:
+        raw = txn.get(b"next_outcome", db=self.meta_db)
+        cursor = 1 if raw is None else int.from_bytes(raw, "big")
+        txn.put(b"next_outcome", profile_key_bytes(cursor + 1), db=self.meta_db)
+        txn.put(profile_key_bytes(cursor), pack_outcome(outcome), db=self.outcomes_db)
+        return cursor
+
+    def outcomes_from(self, txn: lmdb.Transaction, cursor: int,
+                      limit: int) -> list[tuple[int, OutcomeRecord]]:
+        out = []
+        c = txn.cursor(db=self.outcomes_db)
+        if c.set_range(profile_key_bytes(cursor)):
+            for k, v in c:
+                out.append((int.from_bytes(k, "big"), unpack_outcome(v)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def drop_outcomes(self, txn: lmdb.Transaction, before: int) -> None:
+        """Delete the outcomes log below cursor ``before`` (learned from)."""
+        c = txn.cursor(db=self.outcomes_db)
+        while c.first() and int.from_bytes(c.key(), "big") < before:
+            c.delete()
+
+    # ------------------------------------------------------------- labels
+    def label(self, txn: lmdb.Transaction, decision_id: str, offer_id: str) -> Label | None:
+        row = txn.get(f"{decision_id}\x1f{offer_id}".encode(), db=self.label_index_db)
+        if row is None:
+            return None
+        row = bytes(row)
+        return unpack_label(row, bytes(txn.get(row, db=self.labels_db) or b"\x00"))
+
+    def put_label(self, txn: lmdb.Transaction, label: Label) -> None:
+        row = label_key(label.deadline_ms, label.decision_id, label.offer_id)
+        txn.put(row, b"\x01" if label.done else b"\x00", db=self.labels_db)
+        txn.put(row[8:], row, db=self.label_index_db)
+
+    def take_expired_labels(self, txn: lmdb.Transaction, now_ms: int,
+                            limit: int) -> list[Label]:
+        """Remove and return up to ``limit`` labels whose deadline is at or before
+        ``now_ms``, earliest first."""
+        rows = []
+        c = txn.cursor(db=self.labels_db)
+        if c.first():
+            for row, value in c:
+                row = bytes(row)
+                if int.from_bytes(row[:8], "big") > now_ms or len(rows) >= limit:
+                    break
+                rows.append(unpack_label(row, bytes(value)))
+        for label in rows:
+            row = label_key(label.deadline_ms, label.decision_id, label.offer_id)
+            txn.delete(row, db=self.labels_db)
+            txn.delete(row[8:], db=self.label_index_db)
+        return rows
+
+    def count_labels(self, txn: lmdb.Transaction) -> int:
+        return txn.stat(self.labels_db)["entries"]
+
+    # ------------------------------------------------------------- models
+    def put_model(self, txn: lmdb.Transaction, name: str, entry: ModelEntry) -> None:
+        txn.put(name.encode(), pack_model(entry), db=self.models_db)
+
+    def models(self, txn: lmdb.Transaction) -> dict[str, ModelEntry]:
+        return {bytes(k).decode(): unpack_model(v) for k, v in txn.cursor(db=self.models_db)}
+
+    def meta_value(self, txn: lmdb.Transaction, name: str):
+        """A msgpack meta value (``model_version``, ``learner``, ``learner_state``)."""
+        raw = txn.get(name.encode(), db=self.meta_db)
+        return None if raw is None else msgpack.unpackb(raw)
+
+    def put_meta_value(self, txn: lmdb.Transaction, name: str, value) -> None:
+        txn.put(name.encode(), msgpack.packb(value), db=self.meta_db)
+
+    def model_version(self) -> list | None:
+        """``[version, published ms, examples]`` of the models last published."""
+        with self.reader() as r:
+            return self.meta_value(r._txn, "model_version")

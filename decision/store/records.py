@@ -6,6 +6,8 @@ passes the typed tuples.
   msgpack ``[profile key, applied at ms]`` (duplicates are acknowledged with it).
 - ``ScheduledAction``: the value of a ``schedule`` row: msgpack ``[trigger name,
   profile key, scheduled at ms, event_id]``.
+- ``DecisionRecord``, ``OutcomeRecord``, ``Label``: the learning loop's records
+  (``decisions``, ``outcomes``, ``labels``), msgpack lists of their fields.
 - ``Trigger``: the value of a ``triggers`` log entry: msgpack ``[kind, name, profile
   key, [[kind, value], ...], at_ms, event_id]``, plus a 7th element for actions that
   decided: ``{"id", "channel", "placement", "eligible", "catalog", "deliver_at_ms",
@@ -83,3 +85,118 @@ def owner(value, position: int):
     except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
         return None
     return item if isinstance(item, int) else None
+
+
+# ------------------------------------------------------------------ the learning loop
+class RecordedOffer(NamedTuple):
+    offer_id: str
+    rank: int
+    score: float
+    propensity: float
+    value: float
+    lever: float
+    probability: float
+
+
+class DecisionRecord(NamedTuple):
+    """What one decision saw and did (the ``decisions`` sub-db, under its id)."""
+
+    decision_id: str
+    decided_ms: int
+    profile_key: int  # 0: cold start (no profile)
+    channel: str
+    placement: str
+    catalog_version: str
+    model_version: str
+    experiment: str
+    arm: str
+    policy: str
+    features: bytes  # float32 little-endian, the catalog's feature order
+    offers: tuple[RecordedOffer, ...]
+    eligible: int
+    shadow_arm: str = ""
+    shadow_offers: tuple[RecordedOffer, ...] = ()
+    owner: bytes = b""  # the 8 bytes it is filed under for erasure (``decision_owner``)
+
+    def offer(self, offer_id: str) -> RecordedOffer | None:
+        for o in self.offers:
+            if o.offer_id == offer_id:
+                return o
+        return None
+
+
+def pack_decision(record: DecisionRecord) -> bytes:
+    item = list(record)
+    item[11] = [list(o) for o in record.offers]
+    item[14] = [list(o) for o in record.shadow_offers]
+    return msgpack.packb(item[1:], use_bin_type=True)
+
+
+def unpack_decision(decision_id: str, value) -> DecisionRecord:
+    item = msgpack.unpackb(value)
+    item[10] = tuple(RecordedOffer(*o) for o in item[10])
+    item[13] = tuple(RecordedOffer(*o) for o in item[13])
+    return DecisionRecord(decision_id, *item)
+
+
+class OutcomeRecord(NamedTuple):
+    """An outcome event that names a decision, appended to the ``outcomes`` log in the
+    transaction that applied the event; the learner reads the log in order."""
+
+    decision_id: str
+    offer_id: str
+    kind: str  # impression | click | conversion | dismissal
+    at_ms: int  # the event's time
+    channel: str
+    revenue: float
+    profile_key: int
+
+
+def pack_outcome(outcome: OutcomeRecord) -> bytes:
+    return msgpack.packb(list(outcome))
+
+
+def unpack_outcome(value) -> OutcomeRecord:
+    return OutcomeRecord(*msgpack.unpackb(value))
+
+
+class Label(NamedTuple):
+    """An impression waiting for its response window to close (``labels``)."""
+
+    deadline_ms: int
+    decision_id: str
+    offer_id: str
+    done: bool  # labelled already (a response or a dismissal came): a tombstone that
+    #             counts duplicates until the deadline
+
+
+def label_key(deadline_ms: int, decision_id: str, offer_id: str) -> bytes:
+    return deadline_ms.to_bytes(8, "big") + f"{decision_id}\x1f{offer_id}".encode()
+
+
+def unpack_label(key: bytes, value: bytes) -> Label:
+    decision_id, offer_id = key[8:].decode().split("\x1f", 1)
+    return Label(int.from_bytes(key[:8], "big"), decision_id, offer_id, value == b"\x01")
+
+
+class ModelEntry(NamedTuple):
+    """One learned model's posterior (``models``): the shared model under ``shared``,
+    an offer's own under ``offer id \\x1f channel group``. Arrays are float64 bytes."""
+
+    signature: str  # the feature lists it was learned over: a change starts afresh
+    mean: bytes
+    precision: bytes
+    examples: int
+    positives: int
+    updated_ms: int
+    feature_sum: bytes = b""  # sum of the examples' features (their mean: the base)
+    auc: float = 0.0
+    auc_examples: int = 0
+
+
+def pack_model(entry: ModelEntry) -> bytes:
+    return msgpack.packb(list(entry), use_bin_type=True)
+
+
+def unpack_model(value) -> ModelEntry:
+    return ModelEntry(*msgpack.unpackb(value))
