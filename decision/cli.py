@@ -453,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--force", action="store_true",
                          help="replace a store that is already there (it is lost)")
     restore.set_defaults(run=cmd_restore)
+
+    from decision import insight  # models, records
+
+    insight.add_parsers(sub)
     return parser
 
 

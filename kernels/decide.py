@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.eligibility import MAX_STACK, distinct_programs, in_scope, run_program, run_programs
+from kernels.explore import EPSILON, RANDOM, THOMPSON, choose
 from kernels.policies import contact_blocks
 from kernels.scoring import logit_of, sigmoid, top_contributions
 
@@ -75,7 +76,7 @@ def visit_plan(programs, offer_masks, offer_window, offer_value, weights, bias) 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def rank_one(code, consts, slots, visit, x, blocked, channel_bit, placement_bit, now, k, best,
-             best_score, best_p, stack, verdict):
+             best_score, best_p, stack, verdict, rows):
     """Rank one customer's offers into ``best`` (visit rows) / ``best_score`` /
     ``best_p`` (length k); return (how many were filled, eligible count). An offer is
     eligible when in scope, its rule holds and no policy blocked it
@@ -89,8 +90,13 @@ def rank_one(code, consts, slots, visit, x, blocked, channel_bit, placement_bit,
     A propensity is at most 1, so an offer whose value x lever is below the k-th best
     score so far cannot enter the top k: its dot product and exp are skipped (it is
     still counted as eligible). Ties rank by lower catalog index, whatever the
-    visiting order."""
+    visiting order.
+
+    ``rows`` (int32): when not empty (length >= the offers), the eligible offers' visit
+    rows are written to its first ``eligible`` entries (an exploring policy draws
+    among them: ``decide_explore``)."""
     offer_of, program, masks, window, value, weights, bias, rules = visit
+    collect = rows.shape[0] > 0
     n = program.shape[0]
     size = 0
     eligible = 0
@@ -108,6 +114,8 @@ def rank_one(code, consts, slots, visit, x, blocked, channel_bit, placement_bit,
         i = offer_of[j]
         if blocked[i] >= 0:
             continue
+        if collect:
+            rows[eligible] = j
         eligible += 1
         if size == k and value[j, 0] * value[j, 1] < best_score[k - 1]:
             continue  # p x value x lever <= value x lever: cannot enter
@@ -221,7 +229,8 @@ def _decide_one(code, consts, slots, visit, x, channel_bit, placement_bit, now, 
     best_score = np.empty(k, dtype=np.float64)
     best_p = np.empty(k, dtype=np.float64)
     size, eligible = rank_one(code, consts, slots, visit, x, blocked, channel_bit,
-                              placement_bit, now, k, best, best_score, best_p, stack, verdict)
+                              placement_bit, now, k, best, best_score, best_p, stack, verdict,
+                              np.empty(0, dtype=np.int32))  # eligible rows not collected
     reason_feature, reason_weight = top_contributions(weights, x, best[:size], n_reasons)
     ranked = np.empty((size, HEAD + 2 * n_reasons), dtype=np.float64)
     for q in range(size):
@@ -229,6 +238,104 @@ def _decide_one(code, consts, slots, visit, x, channel_bit, placement_bit, now, 
         ranked[q, 1] = best_score[q]
         ranked[q, 2] = best_p[q]
         ranked[q, 3] = 1.0
+        for r in range(n_reasons):
+            ranked[q, HEAD + r] = reason_feature[q, r]
+            ranked[q, HEAD + n_reasons + r] = reason_weight[q, r]
+    return eligible, ranked, blocked
+
+
+@njit(cache=True, error_model="numpy")
+def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, now, k, n_reasons,
+                   contacts, policies, verdict, var_w, var_b, policy, param):
+    """``decide_offers`` under an exploring policy (``kernels.explore``): each of the k
+    slots gets an offer drawn by the policy among the eligible offers not placed yet,
+    with the probability of that draw given the slots above (column 3 of ``ranked``).
+    Score and propensity are the posterior mean's.
+
+    EPSILON and RANDOM need the greedy order only where they exploit: the greedy top k
+    comes from ``rank_one`` (with its value x lever pruning) and the uniform draws from
+    the eligible rows it collects, so they cost a greedy decision plus a dot product per
+    explored slot. SQUARECB and THOMPSON weigh every eligible offer: each is scored
+    (and, for Thompson, its log-odds variance ``var_b + var_w . x^2`` computed; var_w
+    float32[n, F], var_b float64[n], visit order), then ``explore.choose`` fills the
+    slots. The rest as ``decide_offers``; returns the same triple."""
+    (pol_scope, pol_kind, pol_max, pol_window, pol_channels, pol_offers, sorted_sids,
+     sid_offer, channel_sids) = policies
+    offer_of, program, masks, window, value, weights, bias, rules = visit
+    n = program.shape[0]
+    blocked = np.empty(n, dtype=np.int32)
+    contact_blocks(contacts, np.int64(now * 1000.0), channel_bit, pol_scope, pol_kind, pol_max,
+                   pol_window, pol_channels, pol_offers, sorted_sids, sid_offer, channel_sids,
+                   blocked)
+    stack = np.empty(MAX_STACK, dtype=np.float64)
+    best = np.empty(k, dtype=np.int32)
+    best_score = np.empty(k, dtype=np.float64)
+    best_p = np.empty(k, dtype=np.float64)
+    rows = np.empty(max(n, 1), dtype=np.int32)
+    size, eligible = rank_one(code, consts, slots, visit, x, blocked, channel_bit,
+                              placement_bit, now, k, best, best_score, best_p, stack, verdict,
+                              rows)
+    chosen = np.empty(size, dtype=np.int32)  # visit rows
+    prob = np.empty(size, dtype=np.float64)
+    if policy == EPSILON or policy == RANDOM:
+        epsilon = 1.0 if policy == RANDOM else param
+        placed = np.zeros(n, dtype=np.bool_)
+        for q in range(size):
+            remaining = eligible - q
+            top = 0  # the best greedy row not placed yet (one of the top k is left)
+            while placed[best[top]]:
+                top += 1
+            if epsilon > 0.0 and np.random.random() < epsilon:
+                pick = np.random.randint(remaining)  # the pick-th row not placed yet
+                for e in range(eligible):
+                    j = rows[e]
+                    if not placed[j]:
+                        if pick == 0:
+                            break
+                        pick -= 1
+            else:
+                j = best[top]
+            chosen[q] = j
+            placed[j] = True
+            prob[q] = epsilon / remaining + (1.0 - epsilon if j == best[top] else 0.0)
+    else:
+        # every eligible offer, in catalog order (ties go to the lower index)
+        at = np.full(n, -1, dtype=np.int32)
+        for e in range(eligible):
+            at[offer_of[rows[e]]] = rows[e]
+        e = 0
+        for i in range(n):
+            if at[i] >= 0:
+                rows[e] = at[i]
+                e += 1
+        z = np.empty(eligible, dtype=np.float64)
+        s = np.zeros(eligible, dtype=np.float64)
+        vl = np.empty(eligible, dtype=np.float64)
+        for e in range(eligible):
+            j = rows[e]
+            z[e] = logit_of(weights, bias, x, j)
+            vl[e] = value[j, 0] * value[j, 1]
+            if policy == THOMPSON:
+                v = var_b[j]
+                for f in range(x.shape[0]):
+                    xf = np.float64(x[f])
+                    v += np.float64(var_w[j, f]) * xf * xf
+                s[e] = v
+        order, p = choose(z, s, vl, k, policy, param)
+        size = order.shape[0]
+        chosen = np.empty(size, dtype=np.int32)
+        prob = p
+        for q in range(size):
+            chosen[q] = rows[order[q]]
+    reason_feature, reason_weight = top_contributions(weights, x, chosen, n_reasons)
+    ranked = np.empty((size, HEAD + 2 * n_reasons), dtype=np.float64)
+    for q in range(size):
+        j = chosen[q]
+        p = sigmoid(logit_of(weights, bias, x, j))
+        ranked[q, 0] = offer_of[j]
+        ranked[q, 1] = p * value[j, 0] * value[j, 1]
+        ranked[q, 2] = p
+        ranked[q, 3] = prob[q]
         for r in range(n_reasons):
             ranked[q, HEAD + r] = reason_feature[q, r]
             ranked[q, HEAD + n_reasons + r] = reason_weight[q, r]
@@ -249,7 +356,8 @@ def _batch_row(c, code, consts, slots, visit, features, contacts, contact_start,
                    pol_offers, sorted_sids, sid_offer, channel_sids, blocked)
     stack = np.empty(MAX_STACK, dtype=np.float64)
     size, count = rank_one(code, consts, slots[c], visit, features[c], blocked, channel_bit,
-                           placement_bit, now, k, chosen[c], score[c], prop[c], stack, verdict)
+                           placement_bit, now, k, chosen[c], score[c], prop[c], stack, verdict,
+                           np.empty(0, dtype=np.int32))
     filled[c] = size
     eligible[c] = count
     for r in range(size):

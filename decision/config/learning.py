@@ -13,7 +13,7 @@
 
     [learning.windows]            # response windows per channel and outcome kind
     default = { click = "30m", conversion = "7d" }
-    web = { click = "10m" }
+    web = { click = "10m" }       # replaces the default: web learns from clicks only
 
     [explore]                     # per channel; a channel not listed is greedy
     web = { policy = "thompson" }
@@ -219,11 +219,9 @@ def _windows(raw: dict, channels, label: str) -> dict[str, dict[str, int]]:
     if "default" in raw:
         default = _kinds(raw["default"], "learning.windows.default")
     out = {}
-    for channel in channels:
-        kinds = dict(default)
-        if channel in raw:
-            kinds.update(_kinds(raw[channel], f"learning.windows.{channel}"))
-        out[channel] = kinds
+    for channel in channels:  # a channel's own table replaces the default
+        out[channel] = (_kinds(raw[channel], f"learning.windows.{channel}")
+                        if channel in raw else dict(default))
     for channel in raw:
         if channel != "default" and channel not in channels:
             raise CatalogError(f"learning.windows.{channel}: unknown channel (known: "

@@ -8,7 +8,9 @@ with), and hands each operation to its room:
 - Inspire (campaigns): ``decision.core.inspire``, over ``Engine.active``;
 - events (``Track``, ``TrackStream``): ``decision.core.ingest``;
 - profile writes and merges, erasure: ``decision.core.profiles``;
-- delayed actions: ``decision.core.actions``.
+- delayed actions: ``decision.core.actions``;
+- learning (decision records, the learner, the models served, experiments):
+  ``decision.core.recording``, ``decision.core.learning``, ``decision.core.experiments``.
 
 The engine imports nothing from gRPC: the server, the CLI and the benchmarks share it.
 """
@@ -31,10 +33,14 @@ from decision.core.requests import Identifier, IdentifierCheck
 from decision.core.respond import (
     DecideQuery, Decision, Responder, unknown_channel, unknown_placement,
 )
-from decision.errors import FailedPrecondition
+from decision.core.experiments import Planner
+from decision.core.learning import Learner, ModelInsight, Posterior, Served, insight
+from decision.core.recording import Recorder
+from decision.errors import FailedPrecondition, InvalidArgument, NotFound
 from decision.settings import Limits, Settings
 from decision.store.database import ProfileStore
 from decision.store.layout import ProfileRecord
+from decision.store.records import DecisionRecord
 
 
 class Engine:
@@ -57,14 +63,19 @@ class Engine:
             self.store.publish_catalog(self.catalog.version)
         identifier = IdentifierCheck(settings.identifier_kinds, self.limits)
         catalog = lambda: self.active.catalog  # noqa: E731 (the active one at each call)
-        self.responder = Responder(self.store, self.limits, identifier, clock)
+        self.recorder = Recorder(self.store)
+        self.learner = Learner(self.store, catalog, clock)
+        self.models_lock = threading.Lock()
+        self.responder = Responder(self.store, self.limits, identifier, clock, self.recorder)
+        self.refresh_models()
         self.profiles = Profiles(self.store, self.limits, identifier, clock, catalog)
         self.ingestion = Ingestion(self.store, self.limits, identifier, clock, catalog)
         self.actions = DelayedActions(self.store, self.responder, clock)
 
     def close(self) -> None:
-        """Finish queued events, then close the store."""
+        """Finish queued events and decision records, then close the store."""
         self.ingestion.close()
+        self.recorder.close()
         self.store.close()
 
     # ------------------------------------------------------------- catalog
@@ -76,7 +87,74 @@ class Engine:
         self.store.ensure_schema(catalog.feature_names)
         for listener in self._catalog_listeners:
             listener(catalog)
-        return Prepared(catalog)
+        prepared = Prepared(catalog)
+        if catalog.learning.records:
+            prepared.planner = Planner(prepared, self._served(catalog))
+        return prepared
+
+    # ------------------------------------------------------------- learning
+    def _served(self, catalog: Catalog) -> Served | None:
+        """The published models, folded for ``catalog`` (None when it does not learn)."""
+        if not catalog.learning.enabled:
+            return None
+        published = self.store.model_version()
+        posterior = Posterior(catalog)
+        with self.store.reader() as reader:
+            posterior.load(reader.models())
+        return posterior.served(str(published[0]) if published else "0")
+
+    def refresh_models(self) -> bool:
+        """Serve the latest published models if they are not served yet (every process
+        calls this after its learner's cycle: ``learning_step``); True when swapped."""
+        with self.models_lock:
+            active = self.active
+            planner = active.planner
+            if planner is None or not active.catalog.learning.enabled:
+                return False
+            published = self.store.model_version()
+            if published is None or str(published[0]) == planner.version:
+                return False
+            active.planner = Planner(active, self._served(active.catalog))
+            return True
+
+    def learning_step(self) -> int | None:
+        """One learner cycle (if this process holds the store's learner lease), then
+        the latest models served; the examples learned (None: another process learns
+        or the catalog does not)."""
+        learned = self.learner.cycle()
+        self.refresh_models()
+        return learned
+
+    def model_insight(self, offer_id: str = "", channel: str = "",
+                      top: int = 5) -> ModelInsight:
+        """``GetModel``: what the learned models know."""
+        catalog = self.catalog
+        if not catalog.learning.enabled:
+            raise FailedPrecondition(f"catalog {catalog.version} does not learn: set "
+                                     "[learning] enabled = true")
+        if offer_id and offer_id not in catalog.offer_index:
+            raise NotFound(f"offer_id: no offer {offer_id!r} in catalog {catalog.version}")
+        if channel and channel not in catalog.channels:
+            unknown_channel(catalog, channel)
+        if not 0 <= top <= 50:
+            raise InvalidArgument(f"top_features: 0 to 50, got {top}")
+        return insight(self.store, catalog, offer_id, channel, top or 5)
+
+    def decision_records(self, decision_id: str = "", from_ms: int = 0, to_ms: int = 0,
+                         limit: int = 1000) -> list[DecisionRecord]:
+        """One decision's record by id, or those decided in [from_ms, to_ms)."""
+        if decision_id:
+            with self.store.reader() as reader:
+                record = reader.decision(decision_id)
+            if record is None:
+                raise NotFound(f"decision_id: no record of decision {decision_id!r} (unknown, "
+                               "erased, or past the catalog's learning.retention)")
+            return [record]
+        if to_ms <= from_ms:
+            raise InvalidArgument(f"to_ms: must be after from_ms ({from_ms}), got {to_ms}")
+        if not 1 <= limit <= 100_000:
+            raise InvalidArgument(f"limit: 1 to 100000, got {limit}")
+        return self.store.decisions_between(from_ms, to_ms, limit)
 
     def on_catalog(self, listener: Callable[[Catalog], None]) -> None:
         """Call ``listener(catalog)`` now and for every new catalog, before it is
@@ -170,6 +248,7 @@ class Engine:
     def forget(self, customer: Identifier) -> tuple[int, int, int]:
         """Erase a customer (``Profiles.forget``); nothing of it is kept in this
         process (other processes' memos never match a profile that is gone)."""
+        self.recorder.flush()  # a record still queued must not land after the erasure
         key, removed, records = self.profiles.forget(customer)
         self.active.tails.forget(key)
         return key, removed, records

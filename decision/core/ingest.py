@@ -31,11 +31,11 @@ from decision.config.catalog import Catalog
 from decision.config.policies import contact_tag, record_contact
 from decision.config.segments import refresh as refresh_segments
 from decision.core.requests import Identifier, IdentifierCheck
-from decision.errors import DecisionError, InvalidArgument, Unavailable
+from decision.errors import DecisionError, InvalidArgument, NotFound, Unavailable
 from decision.settings import Limits
 from decision.store.database import ProfileStore, identity_key
 from decision.store.layout import AttributeValue, ProfileRecord
-from decision.store.records import ScheduledAction
+from decision.store.records import OutcomeRecord, ScheduledAction
 
 log = logging.getLogger("decision.core.ingest")
 
@@ -81,6 +81,7 @@ class ValidEvent(NamedTuple):
     time_ms: int
     data: dict
     contact_tag: int = 0  # outcome events: the contact they add (decision.config.policies)
+    outcome: OutcomeRecord | None = None  # an outcome naming a decision, to learn from
 
     @property
     def dedupe_key(self) -> bytes:
@@ -142,8 +143,60 @@ def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) ->
             raise InvalidArgument(f"attributes[{name!r}]: longer than "
                                   f"{limits.max_string_bytes} bytes")
         data[name] = v
-    return ValidEvent(event_type, kind, value, event.event_id.encode(),
-                      event.timestamp_ms or now_ms, data, tag)
+    time_ms = event.timestamp_ms or now_ms
+    outcome = None
+    if tag and event.decision_id and catalog.learning.records:
+        revenue = data.get("revenue", data.get("amount", 0.0))
+        outcome = OutcomeRecord(event.decision_id, event.offer_id, event.type, time_ms,
+                                event.channel, float(revenue) if isinstance(
+                                    revenue, (int, float)) else 0.0, 0)
+    return ValidEvent(event_type, kind, value, event.event_id.encode(), time_ms, data, tag,
+                      outcome)
+
+
+# An outcome may name a decision whose record is still on its way to the store (written
+# off the request path, ``decision.core.recording``): one younger than this is accepted
+# unseen, and the learner joins it when it lands (or counts it unknown).
+RECORD_GRACE_MS = 2000
+
+
+def check_outcome(store, outcome: OutcomeRecord, catalog: Catalog, now_ms: int) -> None:
+    """An outcome that names a decision must name one that was recorded, and an offer
+    it showed, of a kind the channel learns from; raise NotFound / InvalidArgument."""
+    decision_id = outcome.decision_id
+    decided_ms = decided_at(decision_id)
+    if decided_ms is None:
+        return  # not an id of ours to learn from (a campaign row's): kept for reports
+    with store.reader() as reader:
+        record = reader.decision(decision_id)
+        erased = record is None and reader.erased_decision(decision_id)
+    if record is None:
+        if now_ms - decided_ms <= RECORD_GRACE_MS and not erased:
+            return
+        raise NotFound(f"decision_id: no record of decision {decision_id!r} (unknown, erased "
+                       "by ForgetCustomer, or past the catalog's learning.retention)")
+    if record.offer(outcome.offer_id) is None:
+        shown = ", ".join(o.offer_id for o in record.offers) or "no offer"
+        raise InvalidArgument(f"offer_id: {outcome.offer_id!r} was not in decision "
+                              f"{decision_id} (it showed {shown})")
+    learning = catalog.learning
+    if (learning.enabled and outcome.kind in ("click", "conversion")
+            and learning.window_ms(record.channel, outcome.kind) is None):
+        kinds = ", ".join(sorted(learning.windows.get(record.channel, {}))) or "none"
+        raise InvalidArgument(
+            f"type: channel {record.channel!r} does not learn from {outcome.kind} outcomes "
+            f"(learning.windows.{record.channel} has: {kinds}); send it without decision_id")
+
+
+def decided_at(decision_id: str) -> int | None:
+    """The millisecond time a Decide answer's id carries, or None for another id."""
+    if len(decision_id) != 28:
+        return None
+    try:
+        int(decision_id, 16)
+    except ValueError:
+        return None
+    return int(decision_id[:12], 16)
 
 
 def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
@@ -198,6 +251,8 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
             store.save(txn, record, link=created)
             if ev.event_id:
                 store.record_event(txn, ev.dedupe_key, record.key, now_ms)
+            if ev.outcome is not None:  # the learner reads it (decision.core.learning)
+                store.append_outcome(txn, ev.outcome._replace(profile_key=record.key))
             outcomes.append(Outcome(record.key, False))
         return outcomes
 
@@ -325,6 +380,7 @@ class Ingestion:
 
     def __init__(self, store: ProfileStore, limits: Limits, identifier: IdentifierCheck,
                  clock: Callable[[], float], catalog: Callable[[], Catalog]):
+        self.store = store
         self.limits = limits
         self.identifier = identifier
         self.clock = clock
@@ -336,8 +392,11 @@ class Ingestion:
 
     def track(self, event: Event) -> Outcome:
         """Apply one event durably (grouped with concurrent ones into one commit)."""
-        valid = validate(event, self.catalog(), self.identifier, int(self.clock() * 1000),
-                         self.limits)
+        catalog = self.catalog()
+        now_ms = int(self.clock() * 1000)
+        valid = validate(event, catalog, self.identifier, now_ms, self.limits)
+        if valid.outcome is not None:
+            check_outcome(self.store, valid.outcome, catalog, now_ms)
         [result] = self.committer.submit([valid]).result()
         if isinstance(result, BaseException):
             raise result
@@ -363,8 +422,11 @@ class Ingestion:
             try:
                 if isinstance(event, TooManyInMessage):
                     raise event.error()
-                batch.append(validate(event, catalog, self.identifier,
-                                      int(self.clock() * 1000), self.limits))
+                now_ms = int(self.clock() * 1000)
+                valid = validate(event, catalog, self.identifier, now_ms, self.limits)
+                if valid.outcome is not None:
+                    check_outcome(self.store, valid.outcome, catalog, now_ms)
+                batch.append(valid)
                 where.append((index, event.event_id))
             except DecisionError as exc:
                 summary.reject(index, event.event_id, exc)

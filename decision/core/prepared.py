@@ -39,7 +39,7 @@ class Prepared:
                  "zero_features", "n_features", "n_slots", "profile_slots",
                  "policies", "has_policies", "later", "policy_reasons", "context_plan",
                  "visit", "no_slots", "zone_index", "read_tail", "tails", "profile_only",
-                 "no_verdicts", "cold_verdicts")
+                 "no_verdicts", "cold_verdicts", "planner")
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -82,3 +82,7 @@ class Prepared:
         self.cold_verdicts = np.where(self.profile_only, cold, -1).astype(np.int8)
         self.policy_reasons = tuple(Reason("POLICY", p.describe())
                                     for p in catalog.policies.policies)
+        # a catalog that learns, explores or runs experiments: the engine sets a
+        # ``decision.core.experiments.Planner`` here (and swaps it per model version);
+        # None: the catalog's [model], greedy, nothing recorded
+        self.planner = None

@@ -16,6 +16,7 @@ from decision.config.catalog import Catalog
 from decision.config.events import FLOAT32_MAX
 from decision.config.policies import trim_contacts
 from decision.config.segments import refresh as refresh_segments
+from decision.core.recording import owner_of
 from decision.core.requests import Identifier, IdentifierCheck, check_type
 from decision.errors import CorruptProfile, FailedPrecondition, InvalidArgument, NotFound
 from decision.settings import Limits
@@ -172,6 +173,10 @@ class Profiles:
                 raise NotFound(f"customer: no profile for {kind} {value!r}")
             removed = store.delete_profile(txn, record)
             keys = {key, *record.merged_keys}  # records filed under merged profiles too
+            # decision records: the profile's, and those decided before it existed, for
+            # any of its identifiers
+            store.delete_decisions(txn, [owner_of(k, "") for k in keys] + [
+                owner_of(0, f"{k}\x1f{v}") for k, v in record.identifiers])
             return key, removed, store.delete_event_records(txn, keys)
 
         return store.write(work)

@@ -27,7 +27,9 @@ import numpy as np
 
 from decision.config.catalog import Catalog, Offer
 from decision.config.rules import string_id
+from decision.core.experiments import Plan
 from decision.core.prepared import COLD_START, N_FEATURE_REASONS, Prepared, Reason
+from decision.core.recording import Recorder, Seen
 from decision.core.requests import Identifier, IdentifierCheck, check_type
 from decision.core.tails import VALUES, VERDICTS, ZONES
 from decision.errors import DecisionError, InvalidArgument
@@ -35,7 +37,7 @@ from decision.settings import Limits
 from decision.store import layout
 from decision.store.database import ProfileStore
 from decision.store.layout import AttributeValue
-from kernels.decide import HEAD, decide_each, decide_offers
+from kernels.decide import HEAD, decide_each, decide_explore, decide_offers
 from kernels.eligibility import eligible_mask
 
 _random_bits = random.getrandbits  # decision ids must be unique, not secret (os.urandom: 1 us)
@@ -126,11 +128,12 @@ class Responder:
     request keeps the one it started with."""
 
     def __init__(self, store: ProfileStore, limits: Limits, identifier: IdentifierCheck,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], recorder: Recorder | None = None):
         self.store = store
         self.limits = limits
         self.identifier = identifier
         self.clock = clock
+        self.recorder = recorder  # where decisions are recorded (catalogs that learn)
 
     def decide(self, active: Prepared, query: DecideQuery) -> Decision:
         kind, value, channel_bit, placement_bit, k, slots = self.request(active, query)
@@ -138,6 +141,9 @@ class Responder:
         with self.store.reader() as reader:
             key = reader.resolve(kind, value)
             buf = None if key is None else reader.profile_buffer(key)
+            if active.planner is not None:
+                return self.plan_and_rank(active, query, channel_bit, placement_bit, k, slots,
+                                          key, buf, now, f"{kind}\x1f{value}")
             return self.rank(active, query.channel, channel_bit, placement_bit, k, slots, key,
                              buf, now, query.explain)
 
@@ -160,15 +166,20 @@ class Responder:
         features = np.zeros((m, active.n_features), dtype=np.float32)
         histories = []
         profiles = []  # per query: (buf is None, the profile's zone or None)
-        one_by_one = any(q.explain for q in queries)  # explain's removed offers
+        # explain's removed offers; a catalog that learns or experiments: plans, records
+        one_by_one = active.planner is not None or any(q.explain for q in queries)
         with self.store.reader() as reader:
             for c, (query, (kind, value, bit, place, k, slots)) in enumerate(zip(queries,
                                                                                  checked)):
                 key = reader.resolve(kind, value)
                 buf = None if key is None else reader.profile_buffer(key)
                 if one_by_one:
-                    profiles.append(self.rank(active, query.channel, bit, place, k, slots,
-                                              key, buf, now, query.explain))
+                    profiles.append(
+                        self.plan_and_rank(active, query, bit, place, k, slots, key, buf, now,
+                                           f"{kind}\x1f{value}")
+                        if active.planner is not None else
+                        self.rank(active, query.channel, bit, place, k, slots, key, buf, now,
+                                  query.explain))
                     continue
                 x, contacts, zone, _ = self.read_profile(active, query.channel, key, buf,
                                                          slots)
@@ -279,18 +290,75 @@ class Responder:
                                removed, emptied)
         return self.answer(active, channel, now, buf is None, zone, eligible, ranked, ())
 
+    def plan_and_rank(self, active: Prepared, query: DecideQuery, channel_bit: int,
+                      placement_bit: int, k: int, slots: list, key: int | None, buf,
+                      now: float, identity: str) -> Decision:
+        """``rank`` for a catalog that learns or runs experiments: the customer's plan
+        (control group, arm, exploration, model: ``decision.core.experiments``), the
+        kernel it calls for, the shadow arm if any, and the decision's record
+        (``decision.core.recording``, off the request path)."""
+        channel = query.channel
+        planner = active.planner
+        unit = (identity if key is None else f"{key:016x}") if planner.needs_unit else ""
+        plan = planner.plan(channel, unit) if planner.needs_unit else planner.plans[(channel, "")]
+        x, contacts, zone, kept = self.read_profile(active, channel, key, buf, slots)
+        slots = np.array(slots, dtype=np.float64)
+        if kept is None:
+            verdict = active.cold_verdicts.copy()
+        elif kept[VERDICTS] is None:
+            verdict = active.no_verdicts.copy()
+        else:
+            verdict = kept[VERDICTS].copy()
+        eligible, ranked, _ = self._run(active, plan, slots, x, channel_bit, placement_bit, now,
+                                        k, contacts, verdict)
+        if kept is not None and kept[VERDICTS] is None:
+            active.tails.keep_verdicts(
+                key, kept, np.where(active.profile_only, verdict, -1).astype(np.int8))
+        if plan.empty:
+            ranked = ranked[:0]
+        decision = self.answer(active, channel, now, buf is None, zone, eligible, ranked, (),
+                               0, plan)
+        if self.recorder is not None:
+            shadow = plan.shadow
+            shadow_ranked = None if shadow is None else self._run(
+                active, shadow, slots, x, channel_bit, placement_bit, now, k, contacts,
+                verdict)[1]
+            self.recorder.submit(Seen(decision, x.tobytes(), key or 0, identity, channel,
+                                      query.placement, "" if shadow is None else shadow.arm,
+                                      shadow_ranked))
+        return decision
+
+    @staticmethod
+    def _run(active: Prepared, plan: Plan, slots, x, channel_bit, placement_bit, now, k,
+             contacts, verdict):
+        """The kernel a plan calls for: ``decide_offers`` when greedy, else
+        ``decide_explore``; (eligible, ranked, blocked)."""
+        catalog = active.catalog
+        if plan.greedy:
+            return decide_offers(catalog.code, catalog.consts, slots, plan.visit, x, channel_bit,
+                                 placement_bit, now, k, N_FEATURE_REASONS, contacts,
+                                 active.policies, verdict)
+        return decide_explore(catalog.code, catalog.consts, slots, plan.visit, x, channel_bit,
+                              placement_bit, now, k, N_FEATURE_REASONS, contacts,
+                              active.policies, verdict, plan.var_w, plan.var_b, plan.code,
+                              plan.param)
+
     @staticmethod
     def answer(active: Prepared, channel: str, now: float, cold: bool, zone,
                eligible: int, ranked: np.ndarray, removed: tuple,
-               policy_removed_count: int = 0) -> Decision:
+               policy_removed_count: int = 0, plan: Plan | None = None) -> Decision:
         """The ``Decision`` for the kernel's ``ranked`` rows, with its delivery time."""
         decided_ms = int(now * 1000)
         deliver_at_ms, timing = decided_ms, "now"
         pace = active.later.get(channel)
         if pace is not None:
             deliver_at_ms, timing = pace.deliver_at(decided_ms, zone)
+        if plan is None:
+            return Decision(decision_id(now), cold, eligible, decided_ms, active, ranked,
+                            deliver_at_ms, timing, removed, policy_removed_count)
         return Decision(decision_id(now), cold, eligible, decided_ms, active, ranked,
-                        deliver_at_ms, timing, removed, policy_removed_count)
+                        deliver_at_ms, timing, removed, policy_removed_count, plan.experiment,
+                        plan.arm, plan.policy, plan.model_version)
 
     def _removed(self, active: Prepared, slots, channel_bit, placement_bit, now,
                  blocked: np.ndarray, explain: bool, eligible: int) -> tuple[tuple, int]:

@@ -54,6 +54,8 @@ METHOD_ROLE = {
     "ReloadCatalog": "admin",
     "ForgetCustomer": "admin",
     "RunCampaign": "admin",
+    "GetModel": "decide",
+    "GetDecisionRecords": "admin",  # customers' features: an auditor's or an analyst's
 }
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

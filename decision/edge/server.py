@@ -80,6 +80,7 @@ class Running:
     servicer: DecisionServicer
     follower: threading.Thread | None = None
     scheduler: threading.Thread | None = None
+    learning: threading.Thread | None = None
     metrics: Metrics | None = None
     metrics_port: int | None = None
 
@@ -100,7 +101,7 @@ class Running:
                         self.servicer.gate.in_flight, DRAIN_HANDLERS_S)
         if self.metrics is not None:
             self.metrics.close()
-        for thread in (self.follower, self.scheduler):
+        for thread in (self.follower, self.scheduler, self.learning):
             if thread is not None:
                 thread.join()
         with self.engine.reload_lock:  # a SIGHUP reload may still be compiling
@@ -130,6 +131,23 @@ def _run_scheduler(running: Running) -> None:
             running.engine.fire_due()
         except Exception:  # keep firing whatever happened; the log has the trace
             log.exception("scheduler: unexpected error")
+
+
+def _run_learning(running: Running) -> None:
+    """The learning loop (``decision.core.learning``): every process tries the store's
+    learner lease and serves the latest published models; twice per publish interval
+    (so a labelled example is served within it), and every 0.25 s at most when the
+    catalog does not learn (it may start to, on a reload)."""
+    engine = running.engine
+    while True:
+        learning = engine.catalog.learning
+        period = learning.publish_interval_ms / 2000 if learning.enabled else 0.25
+        if running.stopping.wait(min(0.25, max(0.02, period))):
+            return
+        try:
+            engine.learning_step()
+        except Exception:  # keep learning whatever happened; the log has the trace
+            log.exception("learning: unexpected error")
 
 
 def create_server(settings: Settings, engine: Engine | None = None,
@@ -193,6 +211,9 @@ def start(running: Running) -> None:
     running.scheduler = threading.Thread(target=_run_scheduler, args=(running,),
                                          name="decision-scheduler", daemon=True)
     running.scheduler.start()
+    running.learning = threading.Thread(target=_run_learning, args=(running,),
+                                        name="decision-learning", daemon=True)
+    running.learning.start()
     for name in ("", SERVICE_NAME):
         running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

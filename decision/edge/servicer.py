@@ -218,6 +218,25 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             skipped=s.skipped, seconds=s.seconds, catalog_version=s.catalog_version,
             decided_at_ms=s.decided_at_ms, campaign_id=s.campaign_id)
 
+    def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
+        return wire.model_info(self.engine.model_insight(request.offer_id, request.channel,
+                                                         request.top_features))
+
+    def GetDecisionRecords(self, request: pb.DecisionRecordsRequest, context):
+        """One decision's record, or a time range's, oldest first (a stream)."""
+        started = time.perf_counter()
+        client = self.gate.check_stream("GetDecisionRecords", context)
+        try:
+            if request.__class__ is Undecodable:
+                raise InvalidArgument(request.message)
+            records = self.engine.decision_records(request.decision_id, request.from_ms,
+                                                   request.to_ms, request.limit or 1000)
+            names = list(self.engine.catalog.feature_names)
+            for record in records:
+                yield wire.decision_record(record, names)
+        except Exception as exc:
+            self.gate.fail_stream("GetDecisionRecords", exc, started, client, context)
+
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
         """A catalog that fails keeps the old one serving. The client's message names
         the catalog file (and the store) by name only, not where the server keeps them;

@@ -36,7 +36,8 @@ from decision.core.prepared import COLD_START, N_FEATURE_REASONS
 from decision.core.requests import Identifier
 from decision.core.respond import DecideQuery, Decision
 from decision.store.layout import ProfileRecord
-from decision.store.records import Trigger
+from decision.core.learning import ModelInsight
+from decision.store.records import DecisionRecord, Trigger
 from decision.v1 import decision_pb2 as pb
 from kernels.encoding import (
     F_COLD_REASON, F_COLD_START, F_TIMING_NOW, F_VERSION, HEAD, encode_answer,
@@ -308,3 +309,40 @@ def offer_info(o: Offer) -> pb.OfferInfo:
 def catalog_info(c: Catalog) -> pb.CatalogInfo:
     return pb.CatalogInfo(version=c.version, offer_count=len(c.offers), channels=c.channels,
                           placements=c.placements, loaded_at_ms=c.loaded_at_ms)
+
+
+# ------------------------------------------------------------------ learning
+def model_info(m: ModelInsight) -> pb.ModelInfo:
+    c = m.counters
+    return pb.ModelInfo(
+        model_version=m.model_version, catalog_version=m.catalog_version,
+        published_at_ms=m.published_ms, examples=m.examples, outcomes=c.outcomes,
+        duplicates=c.duplicates, late=c.late, unknown_decision=c.unknown_decision,
+        pending=m.pending,
+        shared_top_features=[pb.FeatureWeight(name=n, weight=w)
+                             for n, w in m.shared_top_features],
+        offers=[pb.OfferModel(
+            offer_id=o.offer_id, channel=o.channel, impressions=o.impressions,
+            positives=o.positives, propensity=o.propensity, propensity_low=o.low,
+            propensity_high=o.high, auc=o.auc, auc_examples=o.auc_examples,
+            updated_at_ms=o.updated_ms, prior_only=o.prior_only,
+            top_features=[pb.FeatureWeight(name=n, weight=w) for n, w in o.top_features])
+            for o in m.offers])
+
+
+def _recorded(offers) -> list:
+    return [pb.RecordedOffer(offer_id=o.offer_id, rank=o.rank, score=o.score,
+                             propensity=o.propensity, value=o.value, lever=o.lever,
+                             probability=o.probability) for o in offers]
+
+
+def decision_record(r: DecisionRecord, feature_names: list[str]) -> pb.DecisionRecord:
+    return pb.DecisionRecord(
+        decision_id=r.decision_id, decided_at_ms=r.decided_ms,
+        profile_key=f"{r.profile_key:016x}" if r.profile_key else "", channel=r.channel,
+        placement=r.placement, catalog_version=r.catalog_version,
+        model_version=r.model_version, experiment=r.experiment, arm=r.arm, policy=r.policy,
+        features=np.frombuffer(r.features, dtype="<f4").tolist(),
+        feature_names=feature_names if len(r.features) == 4 * len(feature_names) else [],
+        offers=_recorded(r.offers), eligible_count=r.eligible, shadow_arm=r.shadow_arm,
+        shadow_offers=_recorded(r.shadow_offers))

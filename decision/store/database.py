@@ -166,6 +166,15 @@ class Reader:
     def published_catalog(self) -> str | None:
         return self._store.published_catalog_in(self._txn)
 
+    def decision(self, decision_id: str) -> DecisionRecord | None:
+        return self._store.decision(self._txn, decision_id)
+
+    def erased_decision(self, decision_id: str) -> bool:
+        return self._store.erased_decision(self._txn, decision_id)
+
+    def models(self) -> dict[str, ModelEntry]:
+        return self._store.models(self._txn)
+
     def profiles(self, after: int | None = None) -> Iterator[tuple[int, memoryview]]:
         """(key, stored value) of every profile in key order, from the first key after
         ``after`` (None: from the start); the values point into the map."""
@@ -522,8 +531,15 @@ class ProfileStore:
             txn.put(record.owner + key, b"", db=self.owners_db)
 
     def decision(self, txn: lmdb.Transaction, decision_id: str) -> DecisionRecord | None:
+        """The record of a decision; None when unknown or erased."""
         raw = txn.get(decision_id.encode(), db=self.decisions_db)
-        return None if raw is None else unpack_decision(decision_id, raw)
+        return None if not raw else unpack_decision(decision_id, raw)
+
+    def erased_decision(self, txn: lmdb.Transaction, decision_id: str) -> bool:
+        """Whether the decision was recorded, then erased (``delete_decisions`` leaves
+        an empty value until the retention expires it)."""
+        raw = txn.get(decision_id.encode(), db=self.decisions_db)
+        return raw is not None and len(raw) == 0
 
     def decisions_between(self, from_ms: int, to_ms: int, limit: int) -> list[DecisionRecord]:
         """The records decided in [from_ms, to_ms), oldest first, at most ``limit``."""
@@ -531,16 +547,18 @@ class ProfileStore:
         with self.reader() as r:
             c = r._txn.cursor(db=self.decisions_db)
             if c.set_range(f"{max(0, from_ms) & 0xFFFFFFFFFFFF:012x}".encode()):
+                end = f"{max(0, to_ms) & 0xFFFFFFFFFFFF:012x}".encode()
                 for k, v in c:
-                    record = unpack_decision(bytes(k).decode(), v)
-                    if record.decided_ms >= to_ms or len(out) >= limit:
+                    if bytes(k)[:12] >= end or len(out) >= limit:
                         break
-                    if record.decided_ms >= from_ms:
-                        out.append(record)
+                    if v:  # an empty value: erased
+                        out.append(unpack_decision(bytes(k).decode(), v))
         return out
 
     def delete_decisions(self, txn: lmdb.Transaction, owners: list[bytes]) -> int:
-        """Erase the decision records filed under ``owners``; return how many."""
+        """Erase the decision records filed under ``owners``; return how many. Each
+        leaves an empty value (kept until the retention expires it), so an outcome that
+        names it is refused as erased rather than waited for."""
         removed = 0
         c = txn.cursor(db=self.owners_db)
         for prefix in owners:
@@ -553,7 +571,8 @@ class ProfileStore:
                     doomed.append(k)
             for k in doomed:
                 txn.delete(k, db=self.owners_db)
-                removed += txn.delete(k[len(prefix):], db=self.decisions_db)
+                txn.put(k[len(prefix):], b"", db=self.decisions_db)
+                removed += 1
         return removed
 
     def expire_decisions(self, txn: lmdb.Transaction, before_ms: int, limit: int) -> int:
@@ -566,10 +585,11 @@ class ProfileStore:
                 k = bytes(k)
                 if k >= end or len(doomed) >= limit:
                     break
-                doomed.append((k, unpack_decision(k.decode(), v).owner))
+                doomed.append((k, unpack_decision(k.decode(), v).owner if v else None))
         for k, who in doomed:
             txn.delete(k, db=self.decisions_db)
-            txn.delete(who + k, db=self.owners_db)
+            if who is not None:
+                txn.delete(who + k, db=self.owners_db)
         return len(doomed)
 
     # ------------------------------------------------------------- outcomes
