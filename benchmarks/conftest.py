@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from decision.core.engine import DecideQuery, Engine, Identifier
-from decision.demo import customer_id, ensure_demo
+from decision.demo import LEARNING, customer_id, ensure_demo
 from decision.settings import Settings
 
 N_OFFERS = 1000
@@ -387,11 +387,17 @@ def pytest_terminal_summary(terminalreporter):
 # ------------------------------------------------------------------ data, servers
 @pytest.fixture(scope="session")
 def bench_data(tmp_path_factory) -> Path:
-    """Data dir with the benchmark catalog (every offer a candidate on every channel).
+    """Data dir with the benchmark catalog (every offer a candidate on every channel),
+    without learning (the baseline every budget is set on), and beside it
+    ``catalog-learning.toml``: the same with the demo's learning sections (exploration,
+    an experiment, a control group, decision records; benchmarks/test_bench_learning.py).
     The store is removed at the end of the session (the logs are kept)."""
     root = tmp_path_factory.mktemp("bench")
     ensure_demo(root, n_customers=N_CUSTOMERS, n_offers=N_OFFERS, everywhere=True,
-                progress=False)
+                progress=False, learning=False)
+    (root / "catalog-learning.toml").write_text(
+        (root / "catalog.toml").read_text().replace('version = "demo"',
+                                                    'version = "demo-learning"') + LEARNING)
     yield root
     shutil.rmtree(root / "profiles", ignore_errors=True)
 

@@ -61,7 +61,7 @@ from decision.store.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
 from decision.store.records import (
     ACTION, EVENT, SEGMENT_ENTER, SEGMENT_LEAVE, DecisionRecord, Label, ModelEntry,
     OutcomeRecord, ScheduledAction, Trigger, event_profile, label_key, owner, pack_action,
-    pack_decision, pack_event, pack_model, pack_outcome, pack_trigger, unpack_action,
+    pack_decision, pack_decision_fields, pack_event, pack_model, pack_outcome, pack_trigger, unpack_action,
     unpack_decision, unpack_label, unpack_model, unpack_outcome, unpack_trigger,
 )
 
@@ -529,6 +529,16 @@ class ProfileStore:
             key = record.decision_id.encode()
             txn.put(key, pack_decision(record), db=self.decisions_db)
             txn.put(record.owner + key, b"", db=self.owners_db)
+
+    def record_decision_fields(self, txn: lmdb.Transaction, rows: list[tuple]) -> None:
+        """``record_decisions`` of (decision id, owner, the fields after the id as
+        ``records.pack_decision_fields`` takes them)."""
+        put = txn.put
+        decisions, owners = self.decisions_db, self.owners_db
+        for decision_id, who, fields in rows:
+            key = decision_id.encode()
+            put(key, pack_decision_fields(fields), db=decisions)
+            put(who + key, b"", db=owners)
 
     def decision(self, txn: lmdb.Transaction, decision_id: str) -> DecisionRecord | None:
         """The record of a decision; None when unknown or erased."""

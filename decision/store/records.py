@@ -132,6 +132,12 @@ def pack_decision(record: DecisionRecord) -> bytes:
     return msgpack.packb(item[1:], use_bin_type=True)
 
 
+def pack_decision_fields(fields: list) -> bytes:
+    """``pack_decision`` of a record given as the plain list of its fields after the
+    id, offers as lists (the recorder's fast path: no tuples built per record)."""
+    return msgpack.packb(fields, use_bin_type=True)
+
+
 def unpack_decision(decision_id: str, value) -> DecisionRecord:
     item = msgpack.unpackb(value)
     item[10] = tuple(RecordedOffer(*o) for o in item[10])

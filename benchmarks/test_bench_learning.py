@@ -1,0 +1,143 @@
+"""The learning loop's cost on the decision path, and publication's.
+
+Two engines share the benchmark store: the baseline catalog (the [model], greedy,
+nothing recorded) and the same catalog with the demo's learning sections
+(``decision.demo.LEARNING``): on web, epsilon-greedy exploration (5%), an experiment
+(90% learning, 5% static, 5% random), a 2% control group, and every decision
+recorded (group-committed by the recorder thread, off the request path). The same
+queries alternate between them in blocks, so a stall of the shared machine hits both.
+
+Budgets (issue 15), enforced on the median over pairs of blocks:
+- in-process decide with learning on: p50 <= 1.15x and p99 <= 1.20x learning off;
+- model publication (a new model version folded and swapped in every 100 ms, 10x the
+  default rate) does not stall requests: p99.9 <= 1.2x without publication.
+Thompson sampling (app) and SquareCB (e-mail) score every eligible offer (1,000 here):
+their latency is shown (info).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import ENFORCED, INFO, enforce, percentiles, record
+from decision.core.engine import Engine
+
+BLOCK = 500
+PAIRS = 16
+LEARNING_P50_RATIO, LEARNING_P99_RATIO = 1.15, 1.20
+PUBLICATION_P999_RATIO = 1.2
+PUBLISH_EVERY_S = 0.1
+
+
+@pytest.fixture(scope="module")
+def learning_engine(engine, bench_settings, bench_data):
+    settings = dataclasses.replace(bench_settings,
+                                   catalog_path=bench_data / "catalog-learning.toml")
+    e = Engine(settings, store=engine.store, publish=False)
+    e.warm()
+    yield e
+    e.ingestion.close()
+    e.recorder.close()  # the store is the baseline engine's: it closes it
+
+
+def _timed(decide, queries, start: int, n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    out = []
+    for i in range(start, start + n):
+        q = queries[i % len(queries)]
+        t = clock()
+        decide(q)
+        out.append(clock() - t)
+    return out
+
+
+def _pairs(a_blocks, b_blocks, q: float) -> float:
+    return float(np.median([np.percentile(a, q) / np.percentile(b, q)
+                            for a, b in zip(a_blocks, b_blocks)]))
+
+
+def test_learning_on_vs_off(benchmark, engine, learning_engine, queries, machine):
+    for q in queries:  # every profile's pages mapped, every plan built
+        engine.decide(q)
+        learning_engine.decide(q)
+    d = learning_engine.decide(queries[0])
+    assert d.policy in ("epsilon", "greedy", "random") and d.arm
+    on, off = [], []
+    for block in range(PAIRS):
+        order = ((engine.decide, off), (learning_engine.decide, on)) if block % 2 else \
+            ((learning_engine.decide, on), (engine.decide, off))
+        for decide, into in order:
+            into.append(_timed(decide, queries, block * BLOCK, BLOCK))
+    learning_engine.recorder.flush()
+    it = iter(queries * 4)
+    benchmark.pedantic(lambda: learning_engine.decide(next(it)), rounds=2000, iterations=1)
+    p_on, p_off = percentiles(sum(on, [])), percentiles(sum(off, []))
+    r50, r99 = _pairs(on, off, 50), _pairs(on, off, 99)
+    name = "in-process decide, learning on (epsilon, arms, records) vs off"
+    record(name, "p50 on", p_on["p50"], "us")
+    record(name, "p99 on", p_on["p99"], "us")
+    record(name, "p50 off", p_off["p50"], "us")
+    record(name, "p99 off", p_off["p99"], "us")
+    rows = (record(name, "p50 ratio", r50, "x", kind=ENFORCED, budget=LEARNING_P50_RATIO),
+            record(name, "p99 ratio", r99, "x", kind=ENFORCED, budget=LEARNING_P99_RATIO))
+    assert learning_engine.recorder.dropped == 0
+    enforce(*rows, detail={"on": p_on, "off": p_off})
+
+
+@pytest.mark.parametrize("channel, policy", [("app", "thompson"), ("email", "squarecb")])
+def test_weighing_policies(engine, learning_engine, queries, channel, policy):
+    moved = [dataclasses.replace(q, channel=channel) if dataclasses.is_dataclass(q)
+             else q._replace(channel=channel) for q in queries]
+    for q in moved[:500]:
+        learning_engine.decide(q)
+    times = _timed(learning_engine.decide, moved, 0, 4000)
+    seen = {learning_engine.decide(q).policy for q in moved[:200]}
+    assert policy in seen
+    p = percentiles(times)
+    name = f"in-process decide, {policy} over 1000 eligible offers ({channel})"
+    record(name, "p50", p["p50"], "us")
+    record(name, "p99", p["p99"], "us")
+
+
+def test_publication_does_not_stall_requests(learning_engine, queries):
+    store = learning_engine.store
+    stop = threading.Event()
+    published = [0]
+
+    def publish() -> None:
+        while not stop.wait(PUBLISH_EVERY_S):
+            def bump(txn):
+                version = (store.meta_value(txn, "model_version") or [0, 0, 0])
+                store.put_meta_value(txn, "model_version",
+                                     [version[0] + 1, int(time.time() * 1000), version[2]])
+            store.write(bump)
+            if learning_engine.refresh_models():
+                published[0] += 1
+
+    windows = {"with": [], "without": []}
+    for w in range(8):
+        for name in (("with", "without") if w % 2 else ("without", "with")):
+            thread = None
+            if name == "with":
+                stop.clear()
+                thread = threading.Thread(target=publish, daemon=True)
+                thread.start()
+            windows[name].append(_timed(learning_engine.decide, queries, w * 2500, 2500))
+            if thread is not None:
+                stop.set()
+                thread.join()
+    assert published[0] >= 5
+    ratio = _pairs(windows["with"], windows["without"], 99.9)
+    p_with = np.percentile(sum(windows["with"], []), 99.9) / 1e3
+    p_without = np.percentile(sum(windows["without"], []), 99.9) / 1e3
+    name = f"decide during model publication (every {PUBLISH_EVERY_S * 1000:.0f} ms)"
+    record(name, "p99.9 with", p_with, "us")
+    record(name, "p99.9 without", p_without, "us")
+    record(name, "publications", published[0], "", kind=INFO)
+    enforce(record(name, "p99.9 ratio", ratio, "x", kind=ENFORCED,
+                   budget=PUBLICATION_P999_RATIO))
