@@ -1,4 +1,5 @@
-"""The ``decision`` command: serve, demo, ask, campaign, loadtest, floor, backup, restore.
+"""The ``decision`` command: serve, demo, ask, campaign, loadtest, floor, backup, restore,
+models, records, simulate.
 
     decision serve --data-dir DIR --catalog FILE [--address H:P] [--workers N] [--threads T]
     decision demo  [--data-dir ./demo-data] [--customers 100000] [--offers 500] [--once]
@@ -8,6 +9,9 @@
                       [--floor] [--json FILE] [--plots DIR]
     decision backup --data-dir DIR OUT
     decision restore BACKUP --data-dir DIR [--force]
+    decision models [--address H:P] [--offer ID] [--channel C]      (GetModel)
+    decision records [--address H:P] (--decision-id ID | --since 10m) (GetDecisionRecords)
+    decision simulate [--data-dir DIR | --server H:P] --steps N --seed S [--drift-after N]
 """
 
 from __future__ import annotations
@@ -455,8 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(run=cmd_restore)
 
     from decision import insight  # models, records
+    from decision.simulate import add_parser as add_simulate
 
     insight.add_parsers(sub)
+    add_simulate(sub)
     return parser
 
 

@@ -8,6 +8,7 @@
     prior_variance = 0.5          # each offer's own deviation from the shared model
     shared_prior_variance = 0.1   # the shared model's weights around [model]
     publish_interval = "1s"       # at most this from a labelled example to the model served
+    half_life = "7d"              # evidence counts half after this ("0s": never forgotten)
     retention = "30d"             # decision records are kept this long
     per_channel = ["web"]         # channels whose offers get models of their own
 
@@ -129,6 +130,7 @@ class Learning:
     prior_variance: float = 0.5
     shared_prior_variance: float = 0.1
     publish_interval_ms: int = 1000
+    half_life_ms: int = 7 * 86_400_000  # 0: evidence is never forgotten
     retention_ms: int = 30 * 86_400_000
     per_channel: tuple[str, ...] = ()
     windows: dict[str, dict[str, int]] = field(default_factory=dict)  # channel -> kind
@@ -175,7 +177,8 @@ def parse_learning(doc: dict, channels: tuple[str, ...], offer_ids: set[str]) ->
     """The ``[learning]``, ``[explore]``, ``[control]`` and ``[experiments]`` sections."""
     raw = _table(doc.get("learning", {}), "[learning]")
     _only(raw, "[learning]", {"enabled", "label", "prior_variance", "shared_prior_variance",
-                              "publish_interval", "retention", "per_channel", "windows"})
+                              "publish_interval", "half_life", "retention", "per_channel",
+                              "windows"})
     enabled = raw.get("enabled", False)
     if not isinstance(enabled, bool):
         raise CatalogError(f"learning.enabled: true or false, got {enabled!r}")
@@ -188,6 +191,7 @@ def parse_learning(doc: dict, channels: tuple[str, ...], offer_ids: set[str]) ->
     if publish > MAX_PUBLISH_MS:
         raise CatalogError(f"learning.publish_interval: at most 1m, got "
                            f"{raw['publish_interval']!r}")
+    half_life = duration_ms(raw.get("half_life", "7d"), "learning.half_life", allow_zero=True)
     retention = duration_ms(raw.get("retention", "30d"), "learning.retention")
     per_channel = _channels(raw.get("per_channel", []), "learning.per_channel", channels)
     windows = _windows(_table(raw.get("windows", {}), "learning.windows"), channels, label)
@@ -213,8 +217,8 @@ def parse_learning(doc: dict, channels: tuple[str, ...], offer_ids: set[str]) ->
                     f"{by_channel[channel].name!r} (at most one experiment per channel)")
             by_channel[channel] = experiment
         experiments[name] = experiment
-    return Learning(enabled, label, prior, shared, publish, retention, per_channel, windows,
-                    explore, experiments, by_channel, control)
+    return Learning(enabled, label, prior, shared, publish, half_life, retention, per_channel,
+                    windows, explore, experiments, by_channel, control)
 
 
 def _windows(raw: dict, channels, label: str) -> dict[str, dict[str, int]]:

@@ -40,7 +40,6 @@ import hashlib
 import logging
 import math
 import os
-import threading
 import time
 from collections import deque
 from typing import Callable, NamedTuple
@@ -102,8 +101,10 @@ class Posterior:
         self.shared_mean, self.shared_prec = prior_from_model(
             model.intercept, model.customer_weights, model.offer_weights, model.interactions,
             learning.shared_prior_variance)
+        self.shared_prior = self.shared_prec.copy()
+        self.offer_prior = 1.0 / learning.prior_variance
         self.offer_mean = np.zeros((g, n, f + 1))
-        self.offer_prec = np.full((g, n, f + 1), 1.0 / learning.prior_variance)
+        self.offer_prec = np.full((g, n, f + 1), self.offer_prior)
         self.examples = np.zeros((g, n), dtype=np.int64)
         self.positives = np.zeros((g, n), dtype=np.int64)
         self.updated_ms = np.zeros((g, n), dtype=np.int64)
@@ -147,9 +148,28 @@ class Posterior:
                 self.auc_examples[g, i] = entry.auc_examples
         return stale
 
+    def forget(self, offers: set[tuple[int, int]], now_ms: int) -> None:
+        """Exponential forgetting: the evidence of each model about to learn (the offers'
+        own and the shared one) counts 2^(-elapsed / half-life) of what it did, i.e.
+        its precision beyond the prior's shrinks by that factor (the mean stays), so
+        that a world that changed (a drift) is learned again. Applied lazily, at each
+        model's next update, from the time of its last one."""
+        half_life = self.catalog.learning.half_life_ms
+        if not half_life:
+            return
+        if self.shared_updated_ms:
+            keep = 0.5 ** (max(0, now_ms - self.shared_updated_ms) / half_life)
+            self.shared_prec[:] = self.shared_prior + (self.shared_prec - self.shared_prior) * keep
+        for g, i in offers:
+            if self.updated_ms[g, i]:
+                keep = 0.5 ** (max(0, now_ms - int(self.updated_ms[g, i])) / half_life)
+                self.offer_prec[g, i] = self.offer_prior + (self.offer_prec[g, i]
+                                                            - self.offer_prior) * keep
+
     def learn(self, x: np.ndarray, offer: np.ndarray, group: np.ndarray, y: np.ndarray,
               now_ms: int) -> set[tuple[int, int]]:
         """Learn from examples (in order); return the (group, offer) touched."""
+        self.forget(set(zip(group.tolist(), offer.tolist())), now_ms)
         predicted = learn(self.shared_mean, self.shared_prec, self.offer_mean, self.offer_prec,
                           self.catalog.offer_vectors, x, offer, group, y)
         touched = set()
@@ -417,7 +437,7 @@ def insight(store: ProfileStore, catalog: Catalog, offer_id: str = "", channel: 
     posterior = Posterior(catalog)
     with store.reader() as reader:
         posterior.load(reader.models())
-        txn = reader._txn  # noqa: SLF001 (one snapshot for every figure)
+        txn = reader._txn  # one snapshot for every figure
         published = store.meta_value(txn, "model_version") or [0, 0, 0]
         state = store.meta_value(txn, "learner_state") or {}
         pending = store.count_labels(txn)
