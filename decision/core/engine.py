@@ -57,6 +57,7 @@ class Engine:
                                            durable=settings.durable)
         self.reload_lock = threading.Lock()
         self._catalog_listeners: list[Callable[[Catalog], None]] = []
+        self.learner: Learner | None = None  # below: _prepare reads it
         self.active = self._prepare(load_catalog(settings.catalog_path))
         self._unreachable: str | None = None
         if publish:
@@ -98,10 +99,16 @@ class Engine:
         if not catalog.learning.enabled:
             return None
         published = self.store.model_version()
-        posterior = Posterior(catalog)
-        with self.store.reader() as reader:
-            posterior.load(reader.models())
-        return posterior.served(str(published[0]) if published else "0")
+        version = published[0] if published else 0
+        learner = self.learner
+        if (learner is not None and learner.version == version
+                and learner.posterior is not None and learner.posterior.catalog is catalog):
+            posterior = learner.posterior  # this process learned it: no need to read it back
+        else:
+            posterior = Posterior(catalog)
+            with self.store.reader() as reader:
+                posterior.load(reader.models())
+        return posterior.served(str(version))
 
     def refresh_models(self) -> bool:
         """Serve the latest published models if they are not served yet (every process

@@ -209,6 +209,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
     transaction."""
     triggers = catalog.triggers
     horizons = catalog.policies.horizons
+    learns = catalog.learning.enabled
 
     def work(txn) -> list[Outcome]:
         records: dict[int, ProfileRecord] = {}
@@ -251,7 +252,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
             store.save(txn, record, link=created)
             if ev.event_id:
                 store.record_event(txn, ev.dedupe_key, record.key, now_ms)
-            if ev.outcome is not None:  # the learner reads it (decision.core.learning)
+            if ev.outcome is not None and learns:  # the learner reads it (core.learning)
                 store.append_outcome(txn, ev.outcome._replace(profile_key=record.key))
             outcomes.append(Outcome(record.key, False))
         return outcomes

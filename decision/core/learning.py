@@ -258,6 +258,8 @@ class Learner:
         self.clock = clock
         self.holder = f"{os.getpid()}-{os.urandom(4).hex()}"
         self.posterior: Posterior | None = None
+        self.version = None  # the model version ``posterior`` is, once committed
+        self._committing = None
         self.last_cleanup = 0.0
 
     def _posterior(self, txn, catalog: Catalog) -> Posterior:
@@ -268,6 +270,7 @@ class Learner:
                 log.warning("learning: %d stored models were learned over other feature "
                             "lists; those start afresh from the catalog's [model]", stale)
             self.posterior = posterior
+            self.version = None
         return self.posterior
 
     def cycle(self) -> int | None:
@@ -277,17 +280,20 @@ class Learner:
         if not catalog.learning.enabled:
             return None
         try:
-            return self.store.write(lambda txn: self._cycle(txn, catalog))
+            learned = self.store.write(lambda txn: self._cycle(txn, catalog))
         except Exception:
-            self.posterior = None  # reload from the store: the transaction was aborted
+            self.posterior = self.version = None  # reload: the transaction was aborted
             raise
+        if self._committing is not None:
+            self.version, self._committing = self._committing, None
+        return learned
 
     def _cycle(self, txn, catalog: Catalog) -> int | None:
         store = self.store
         now_ms = int(self.clock() * 1000)
         lease = store.meta_value(txn, "learner")
         if lease is not None and lease[0] != self.holder and lease[1] > now_ms:
-            self.posterior = None  # another learner changes the models meanwhile
+            self.posterior = self.version = None  # another learner changes the models
             return None
         if lease is None or lease[0] != self.holder:
             log.info("learning: this process holds the learner lease (%s)", self.holder)
@@ -342,6 +348,7 @@ class Learner:
             state["counts"] = list(counts.values())
             version = (store.meta_value(txn, "model_version") or [0])[0] + 1
             store.put_meta_value(txn, "model_version", [version, now_ms, counts["examples"]])
+            self._committing = version
         store.put_meta_value(txn, "learner_state", state)
         if cursor > 1:
             store.drop_outcomes(txn, cursor)
