@@ -84,7 +84,8 @@ GREEDY, EPSILON, SQUARECB, THOMPSON, RANDOM = 0, 1, 2, 3, 4
 POLICIES = {"greedy": GREEDY, "epsilon": EPSILON, "squarecb": SQUARECB, "thompson": THOMPSON,
             "random": RANDOM}
 
-SIGMAS = 8.0  # pruning bound and integration range, in standard deviations
+SIGMAS = 8.0  # candidates: hi = score at z + SIGMAS sd reaches the best lo (z - SIGMAS sd)
+TAIL_SIGMAS = 5.0  # in the integral, a factor past Phi(+-5) counts as 1 or 0
 PROB_FLOOR = 1e-12  # the least probability reported for a Thompson winner
 VAR_MAX = 1e6  # a log-odds variance above this (or +inf) is taken as this
 QUAD_NODES = 8  # Gauss-Legendre nodes per piece
@@ -92,6 +93,7 @@ QUAD_G = 8.0  # the most a factor's argument may change across one piece
 QUAD_H = 3.0  # the widest piece, in the winner's standard deviations
 QUAD_MIN_WIDTH = 1e-9  # a piece is never halved below this width
 QUAD_MAX_TRIES = 400  # pieces tried (accepted or halved) per probability, at most
+QUAD_STOP = 1e-9  # the sweep stops when what is left below is at most this
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(QUAD_NODES)
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -283,163 +285,172 @@ def _candidates(vl, free, lo, hi, cand):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _thompson_draw(z, sd, lam, cand, size):
-    """The candidate whose draw scores highest (ties: lower index)."""
+def _thompson_draw(z, sd, lam, vl, cand, size):
+    """The candidate whose draw scores highest (ties: lower index). Scores are compared
+    as sigmoid(z~) vl, and as log-scores when they are within rounding of each other
+    (sigmoid rounds to 1.0 past z~ = 37; log sigmoid does not)."""
     best = -1
-    best_t = -np.inf
+    best_t = -1.0
+    best_a = 0.0
     for c in range(size):
         i = cand[c]
         a = z[i]
         if sd[i] > 0.0:
             a += sd[i] * np.random.standard_normal()
-        t = _log_sigmoid(a) + lam[i]
-        if best < 0 or t > best_t:
+        t = sigmoid(a) * vl[i]
+        if best >= 0 and abs(t - best_t) <= 1e-12 * best_t:
+            take = _log_sigmoid(a) + lam[i] > _log_sigmoid(best_a) + lam[best]
+        else:
+            take = t > best_t
+        if take:
             best = i
             best_t = t
+            best_a = a
     return best
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _u_of(tau, zw, sdw, lamw):
-    """The winner's standard draw u at which its log-score is ``tau``."""
-    return (_logit_of_exp(tau - lamw) - zw) / sdw
+def _u_at(h, zw, sdw):
+    """The winner's standard draw u at which its score is ``h`` times its vl (+inf for
+    h >= 1, -inf for h <= 0)."""
+    if h >= 1.0:
+        return np.inf
+    if h <= 0.0:
+        return -np.inf
+    return (math.log(h / (1.0 - h)) - zw) / sdw
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _factor_arg(a, r, zb, sdb):
-    """g_b: the standard draw competitor b needs to reach score sigmoid(a) * vl_w;
-    r = vl_w / vl_b (+inf: b cannot reach it)."""
+def _node(a):
+    """(sigmoid(a), sigmoid(-a)) at the winner's log-odds a: what every factor needs."""
+    if a >= 0.0:
+        e = math.exp(-a)
+        return 1.0 / (1.0 + e), e / (1.0 + e)
+    e = math.exp(a)
+    return e / (1.0 + e), 1.0 / (1.0 + e)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _factor_arg(a, p, q, r, zb, sdb):
+    """g_b: the standard draw competitor b needs to reach the winner's score
+    sigmoid(a) vl_w (``_node(a)`` gives p, q); r = vl_w / vl_b. +inf when b cannot
+    reach it (the winner's score >= vl_b)."""
     if r == 1.0:
         ell = a
     else:
-        if a >= 0.0:
-            e = math.exp(-a)
-            p = 1.0 / (1.0 + e)
-            q = e / (1.0 + e)
-        else:
-            e = math.exp(a)
-            p = e / (1.0 + e)
-            q = 1.0 / (1.0 + e)
         den = (1.0 - r) + r * q  # 1 - r sigmoid(a), without cancellation when r <= 1
         if den <= 0.0:
             return np.inf
-        ell = math.log(r * p / den)
+        ell = math.log(r * p / den)  # logit(r sigmoid(a))
     return (ell - zb) / sdb
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _clamp_g(g):
-    if g > SIGMAS:
-        return SIGMAS
-    if g < -SIGMAS:
-        return -SIGMAS
-    return g
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _win_prob(w, cand, size, z, sd, lam, work):
+def _win_prob(w, cand, size, z, sd, vl, hi, work):
     """P(candidate w wins the slot) under Thompson sampling over ``cand[:size]``
-    (module docstring). ``work``: float64[5, n] scratch."""
+    (module docstring); ``hi``: the scores at z + SIGMAS sd. ``work``: float64[6, n]
+    scratch."""
     zw = z[w]
     sdw = sd[w]
-    lamw = lam[w]
+    vlw = vl[w]
     if sdw == 0.0:
-        tw = _log_sigmoid(zw) + lamw
-        p = 1.0
+        tw = _log_sigmoid(zw) + math.log(vlw)
+        p, q = _node(zw)
+        prob = 1.0
         for c in range(size):
             b = cand[c]
             if b == w:
                 continue
             if sd[b] == 0.0:
-                tb = _log_sigmoid(z[b]) + lam[b]
+                tb = _log_sigmoid(z[b]) + math.log(vl[b])
                 if tb > tw or (tb == tw and b < w):
                     return 0.0
             else:
-                p *= _cdf((_logit_of_exp(tw - lam[b]) - z[b]) / sd[b])
-        return p
-    # the integration range: above every competitor's lowest plausible score, up to
-    # w's score at their highest
-    low = -np.inf
-    high = -np.inf
+                prob *= _cdf(_factor_arg(zw, p, q, vlw / vl[b], z[b], sd[b]))
+        return prob
+    # the competitors: a sure one (s = 0) is a step, at or below which w cannot win;
+    # an uncertain one a factor Phi(g_b(u)), >= Phi(SIGMAS) above u = its start
+    fr = work[0]
+    fz = work[1]
+    fs = work[2]
+    fst = work[3]
+    gx = work[4]
+    gy = work[5]
+    nf = 0
+    u_bot = -SIGMAS
+    u_top = -SIGMAS
     for c in range(size):
         b = cand[c]
         if b == w:
             continue
-        lb = _log_sigmoid(z[b] - SIGMAS * sd[b]) + lam[b]
-        hb = _log_sigmoid(z[b] + SIGMAS * sd[b]) + lam[b]
-        low = max(low, lb)
-        high = max(high, hb)
-    if low == -np.inf:
-        return 1.0
-    u_lo = max(-SIGMAS, _u_of(low, zw, sdw, lamw))
-    u_hi = min(SIGMAS, _u_of(high, zw, sdw, lamw))
-    if not u_lo < u_hi:
-        return _cdf(-u_lo)
-    # the factors still rising at u_lo: (vl_w / vl_b, z_b, sd_b), argument at x and y
-    fr = work[0]
-    fz = work[1]
-    fs = work[2]
-    gx = work[3]
-    gy = work[4]
-    nf = 0
-    a_lo = zw + sdw * u_lo
-    for c in range(size):
-        b = cand[c]
-        if b == w or sd[b] == 0.0:
-            continue  # a sure competitor's step is at or below u_lo: factor 1
-        r = math.exp(lamw - lam[b])
-        g = _clamp_g(_factor_arg(a_lo, r, z[b], sd[b]))
-        if g >= SIGMAS:
+        if sd[b] == 0.0:
+            u_bot = max(u_bot, _u_at(sigmoid(z[b]) * vl[b] / vlw, zw, sdw))
             continue
-        fr[nf] = r
+        start = min(SIGMAS, _u_at(hi[b] / vlw, zw, sdw))
+        if start <= -SIGMAS:
+            continue
+        fr[nf] = vlw / vl[b]
         fz[nf] = z[b]
         fs[nf] = sd[b]
-        gx[nf] = g
+        fst[nf] = start
+        gx[nf] = SIGMAS
         nf += 1
-    total = 0.0
-    x = u_lo
+        u_top = max(u_top, start)
+    if u_bot >= SIGMAS:
+        return 0.0
+    if nf == 0 or u_top <= u_bot:
+        return _cdf(-u_bot)
+    # right to left from u_top (every factor ~1 above): pieces [y, x], none across a
+    # factor's start (so an active factor's g is finite at both ends)
+    total = _cdf(-u_top)
+    x = u_top
     width = QUAD_H
     tries = 0
-    while nf > 0 and x < u_hi:
-        y = min(u_hi, x + width)
-        tries += 1
-        grow = 0.0
-        least = SIGMAS
+    while x > u_bot:
+        y = max(u_bot, x - width)
         for f in range(nf):
-            g = _clamp_g(_factor_arg(zw + sdw * y, fr[f], fz[f], fs[f]))
-            gy[f] = g
-            grow = max(grow, g - gx[f])
-            least = min(least, g)
-        if least > -SIGMAS and grow > QUAD_G and y - x > QUAD_MIN_WIDTH \
-                and tries < QUAD_MAX_TRIES:
-            width = 0.5 * (y - x)
+            if y < fst[f] < x:
+                y = fst[f]
+        tries += 1
+        a = zw + sdw * y
+        p, q = _node(a)
+        grow = 0.0
+        for f in range(nf):
+            if fst[f] >= x:  # active on all of [y, x]
+                g = _factor_arg(a, p, q, fr[f], fz[f], fs[f])
+                gy[f] = g
+                if g < TAIL_SIGMAS and gx[f] > -TAIL_SIGMAS:
+                    grow = max(grow, gx[f] - g)
+            else:
+                gy[f] = SIGMAS
+        if grow > QUAD_G and x - y > QUAD_MIN_WIDTH and tries < QUAD_MAX_TRIES:
+            width = 0.5 * (x - y)
             continue
-        if least > -SIGMAS:  # else some factor is < Phi(-8) on all of [x, y]
-            half = 0.5 * (y - x)
-            mid = 0.5 * (x + y)
-            acc = 0.0
-            for k in range(QUAD_NODES):
-                u = mid + half * _GL_X[k]
-                a = zw + sdw * u
-                v = _GL_W[k] * math.exp(-0.5 * u * u)
-                for f in range(nf):
-                    v *= _cdf(_factor_arg(a, fr[f], fz[f], fs[f]))
-                acc += v
-            total += acc * half * _INV_SQRT_2PI
+        # a factor >= Phi(TAIL_SIGMAS) at y is at least that on all of [y, x]: 1
+        half = 0.5 * (x - y)
+        mid = 0.5 * (x + y)
+        acc = 0.0
+        for k in range(QUAD_NODES):
+            u = mid + half * _GL_X[k]
+            a = zw + sdw * u
+            pk, qk = _node(a)
+            v = _GL_W[k] * math.exp(-0.5 * u * u)
+            for f in range(nf):
+                if gy[f] < TAIL_SIGMAS:
+                    v *= _cdf(_factor_arg(a, pk, qk, fr[f], fz[f], fs[f]))
+            acc += v
+        total += acc * half * _INV_SQRT_2PI
+        # what is left below y is at most Phi(y) x the integrand's factors at y
+        bound = _cdf(y)
+        for f in range(nf):
+            if gy[f] < TAIL_SIGMAS:
+                bound *= _cdf(gy[f])
+            gx[f] = gy[f]
         x = y
         width = min(QUAD_H, 2.0 * width)
-        f = 0
-        while f < nf:  # the factors that reached 1 stay 1 (g rises with u)
-            if gy[f] >= SIGMAS:
-                nf -= 1
-                fr[f] = fr[nf]
-                fz[f] = fz[nf]
-                fs[f] = fs[nf]
-                gy[f] = gy[nf]
-            else:
-                gx[f] = gy[f]
-                f += 1
-    return total + _cdf(-x)
+        if bound < QUAD_STOP:
+            break
+    return total
 
 
 # ------------------------------------------------------------------ the kernels
@@ -462,7 +473,7 @@ def choose(z, s, vl, k, policy, param):
     m = n if policy == THOMPSON else 0  # Thompson's per-offer arrays, else empty
     sd, lam, lo, hi = _thompson_setup(z[:m], s[:m], vl[:m])
     cand = np.empty(m, dtype=np.int64)
-    work = np.empty((5, m), dtype=np.float64)
+    work = np.empty((6, m), dtype=np.float64)
     eps = min(param, 1.0) if param > 0.0 else 0.0
     for q in range(r):
         w = -1
@@ -498,8 +509,8 @@ def choose(z, s, vl, k, policy, param):
             if size == 1:
                 w = cand[0]
             elif size > 1:
-                w = _thompson_draw(z, sd, lam, cand, size)
-                p = min(1.0, max(PROB_FLOOR, _win_prob(w, cand, size, z, sd, lam, work)))
+                w = _thompson_draw(z, sd, lam, vl, cand, size)
+                p = min(1.0, max(PROB_FLOOR, _win_prob(w, cand, size, z, sd, vl, hi, work)))
         if w < 0:  # GREEDY, an unknown policy, or a slot that falls back to greedy
             w = _argmax(score, free)
             p = 1.0
@@ -549,7 +560,7 @@ def slot_distribution(z, s, vl, placed, policy, param):
     elif policy == THOMPSON:
         sd, lam, lo, hi = _thompson_setup(z, s, vl)
         cand = np.empty(n, dtype=np.int64)
-        work = np.empty((5, n), dtype=np.float64)
+        work = np.empty((6, n), dtype=np.float64)
         size = _candidates(vl, free, lo, hi, cand)
         if size == 1:
             out[cand[0]] = 1.0
@@ -557,7 +568,7 @@ def slot_distribution(z, s, vl, placed, policy, param):
         if size > 1:
             for c in range(size):
                 w = cand[c]
-                out[w] = min(1.0, max(PROB_FLOOR, _win_prob(w, cand, size, z, sd, lam, work)))
+                out[w] = min(1.0, max(PROB_FLOOR, _win_prob(w, cand, size, z, sd, vl, hi, work)))
             return out
     out[b] = 1.0
     return out

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from decision.v1 import decision_pb2 as pb
 
@@ -99,6 +99,15 @@ def format_value(v: pb.Value) -> str:
     return "-"
 
 
+def format_attribute(name: str, v: pb.Value) -> str:
+    """An attribute's value; a number named ``*_ms`` that looks like an epoch time in
+    milliseconds (events set ``last_seen_ms`` and the like) as a UTC time."""
+    if (name.endswith("_ms") and v.WhichOneof("kind") == "number_value"
+            and 1e12 <= v.number_value < 1e14):
+        return format_time(int(v.number_value))
+    return format_value(v)
+
+
 def format_number(x: float) -> str:
     if math.isfinite(x) and x == int(x) and abs(x) < 1e15:
         return f"{int(x):,}"
@@ -108,7 +117,7 @@ def format_number(x: float) -> str:
 def format_time(ms: int) -> str:
     if ms <= 0:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def profile_view(profile: pb.Profile, kind: str, value: str,
@@ -130,7 +139,7 @@ def profile_view(profile: pb.Profile, kind: str, value: str,
     return ProfileView(
         kind=kind, value=value, profile_key=profile.profile_key,
         identifiers=[Field(i.kind or "customer_id", i.value) for i in profile.identifiers],
-        attributes=[Field(n, format_value(profile.attributes[n]), attr_changed(n))
+        attributes=[Field(n, format_attribute(n, profile.attributes[n]), attr_changed(n))
                     for n in sorted(profile.attributes)],
         counters=[Field(n, format_number(profile.counters[n]), counter_changed(n))
                   for n in sorted(profile.counters)],

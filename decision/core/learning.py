@@ -297,6 +297,7 @@ class Learner:
             return None
         if lease is None or lease[0] != self.holder:
             log.info("learning: this process holds the learner lease (%s)", self.holder)
+            self.posterior = self.version = None  # another may have learned meanwhile
         store.put_meta_value(txn, "learner", [self.holder, now_ms + LEASE_MS])
         learning = catalog.learning
         posterior = self._posterior(txn, catalog)
