@@ -12,6 +12,8 @@ models, records, simulate.
     decision models [--address H:P] [--offer ID] [--channel C]      (GetModel)
     decision records [--address H:P] (--decision-id ID | --since 10m) (GetDecisionRecords)
     decision simulate [--data-dir DIR | --server H:P] --steps N --seed S [--drift-after N]
+    decision console [--server H:P] [--token-file F] [--tls-ca PEM] [--host 127.0.0.1]
+                     [--port 8080]
 """
 
 from __future__ import annotations
@@ -459,10 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(run=cmd_restore)
 
     from decision import insight  # models, records
+    from decision.console.cli import add_parser as add_console
     from decision.simulate import add_parser as add_simulate
 
     insight.add_parsers(sub)
     add_simulate(sub)
+    add_console(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ HTTP 503 instead of a stack trace. The roles the console's token needs are ``dec
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -197,8 +198,12 @@ class DecisionClient:
 
 
 def outcome_event_id(decision_id: str, offer_id: str, outcome: str) -> str:
-    """The idempotency key of an outcome: one per decision, offer and outcome type."""
-    return f"console:{decision_id}:{offer_id}:{outcome}"
+    """The idempotency key of an outcome: one per decision, offer and outcome type (a
+    digest of them when that would pass the server's 256 bytes)."""
+    key = f"console:{decision_id}:{offer_id}:{outcome}"
+    if len(key.encode()) <= 256:
+        return key
+    return "console:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def _value(v: str | float | bool) -> pb.Value:

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 
 from decision.v1 import decision_pb2 as pb
 
-#: a creative's image is used as an image only when it is a plain http(s) URL (it goes
-#: into a CSS url(): no quotes, spaces, parentheses or backslashes that could end it)
-_IMAGE_URL = re.compile(r"^https?://[^\s\"'()\\<>]+$")
+#: a creative's image is used as an image only when it is a plain https URL (what the
+#: pages' Content-Security-Policy loads; it goes into a CSS url(): no quotes, spaces,
+#: parentheses or backslashes that could end it)
+_IMAGE_URL = re.compile(r"^https://[^\s\"'()\\<>]+$")
 #: creative keys shown in their own places, not in the list of other fields
 _CREATIVE_MAIN = ("title", "image", "cta")
 
@@ -56,7 +57,7 @@ class Driver:
 class Creative:
     title: str = ""
     cta: str = ""
-    image: str = ""  #: the image's URL when it is a plain http(s) URL, else ""
+    image: str = ""  #: the image's URL when it is a plain https URL, else ""
     image_text: str = ""  #: the image value as text (a file name, an unusable URL)
     other: list[Field] = field(default_factory=list)
 
