@@ -248,7 +248,7 @@ def test_the_catalog_has_the_learning_sections_with_the_shared_keys():
     assert len(doc["offer"]) == 8 and all(o["value"] == 1.0 for o in doc["offer"])
     assert set(doc["learning"]) == {"enabled", "label", "prior_variance",
                                     "shared_prior_variance", "publish_interval",
-                                    "retention", "per_channel", "windows"}
+                                    "half_life", "retention", "per_channel", "windows"}
     assert doc["learning"]["enabled"] is True and doc["learning"]["label"] == "click"
     assert doc["learning"]["windows"]["default"]["click"] == "500ms"
     assert doc["explore"] == {"web": {"policy": "thompson"}}
