@@ -11,8 +11,8 @@ Budgets (issue 15), enforced on the median over pairs of blocks:
 - in-process decide with learning on: p50 <= 1.15x and p99 <= 1.20x learning off;
 - model publication (a new model version folded and swapped in every 100 ms, 10x the
   default rate) does not stall requests: p99.9 <= 1.2x without publication.
-Thompson sampling (app) and SquareCB (e-mail) score every eligible offer (1,000 here):
-their latency is shown (info).
+SquareCB (app) and Thompson sampling (e-mail) score every eligible offer (1,000 here;
+Thompson then draws among the 10 most promising): their latency is shown (info).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_learning_on_vs_off(benchmark, engine, learning_engine, queries, machine
     enforce(*rows, detail={"on": p_on, "off": p_off})
 
 
-@pytest.mark.parametrize("channel, policy", [("app", "thompson"), ("email", "squarecb")])
+@pytest.mark.parametrize("channel, policy", [("app", "squarecb"), ("email", "thompson")])
 def test_weighing_policies(engine, learning_engine, queries, channel, policy):
     moved = [dataclasses.replace(q, channel=channel) if dataclasses.is_dataclass(q)
              else q._replace(channel=channel) for q in queries]

@@ -149,8 +149,9 @@ def catalog_text(n_offers: int, seed: int = 7, everywhere: bool = False,
     return "\n".join(out) + "\n" + (LEARNING if learning else "")
 
 
-# The demo learns: web explores a little (epsilon-greedy), the app by Thompson
-# sampling, e-mail by SquareCB; the contact center and kiosks stay greedy. 2% of
+# The demo learns: web explores a little (epsilon-greedy), the app by SquareCB,
+# e-mail (decided minutes ahead) by Thompson sampling; the contact center and kiosks
+# stay greedy. 2% of
 # customers are a control group (a random eligible offer) and the web and app traffic
 # is split between the learning policy and two baselines.
 LEARNING = """
@@ -167,8 +168,8 @@ email = { click = "3d", conversion = "14d" }
 
 [explore]
 web = { policy = "epsilon", epsilon = 0.05 }
-app = { policy = "thompson" }
-email = { policy = "squarecb", gamma_scale = 10.0, gamma_exponent = 0.5 }
+app = { policy = "squarecb", gamma_scale = 10.0, gamma_exponent = 0.5 }
+email = { policy = "thompson" }
 
 [control]
 share = 0.02

@@ -22,6 +22,7 @@ called as functions: with their array arguments, a call per offer (even with num
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -244,6 +245,33 @@ def _decide_one(code, consts, slots, visit, x, channel_bit, placement_bit, now, 
     return eligible, ranked, blocked
 
 
+THOMPSON_CANDIDATES = 8  # offers Thompson sampling draws among, per slot (see decide_explore)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _optimistic(z, s, vl, m):
+    """Positions of the ``m`` offers with the highest optimistic score
+    sigmoid(z + 2 sqrt(s)) x vl (ties: lower position), in ascending position."""
+    n = z.shape[0]
+    best = np.empty(m, dtype=np.int64)
+    best_score = np.empty(m, dtype=np.float64)
+    size = 0
+    for e in range(n):
+        u = sigmoid(z[e] + 2.0 * math.sqrt(max(s[e], 0.0))) * vl[e]
+        if size == m and not u > best_score[m - 1]:
+            continue
+        pos = size if size < m else m - 1
+        while pos > 0 and best_score[pos - 1] < u:
+            best[pos] = best[pos - 1]
+            best_score[pos] = best_score[pos - 1]
+            pos -= 1
+        best[pos] = e
+        best_score[pos] = u
+        if size < m:
+            size += 1
+    return np.sort(best[:size])
+
+
 @njit(cache=True, error_model="numpy")
 def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, now, k, n_reasons,
                    contacts, policies, verdict, var_w, var_b, policy, param):
@@ -258,7 +286,10 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
     explored slot. SQUARECB and THOMPSON weigh every eligible offer: each is scored
     (and, for Thompson, its log-odds variance ``var_b + var_w . x^2`` computed; var_w
     float32[n, F], var_b float64[n], visit order), then ``explore.choose`` fills the
-    slots. The rest as ``decide_offers``; returns the same triple."""
+    slots. Thompson sampling draws among the ``THOMPSON_CANDIDATES + k - 1`` offers with
+    the best optimistic scores (log-odds + 2 sd): the cost of its probabilities grows
+    with the competitors, and an offer outside them would win a draw rarely; the
+    probabilities returned are exact (to the quadrature's 1e-3) for that procedure. The rest as ``decide_offers``; returns the same triple."""
     (pol_scope, pol_kind, pol_max, pol_window, pol_channels, pol_offers, sorted_sids,
      sid_offer, channel_sids) = policies
     offer_of, program, masks, window, value, weights, bias, rules = visit
@@ -321,6 +352,13 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
                     xf = np.float64(x[f])
                     v += np.float64(var_w[j, f]) * xf * xf
                 s[e] = v
+        if policy == THOMPSON and eligible > THOMPSON_CANDIDATES + k - 1:
+            # Thompson sampling among the offers with the best optimistic scores (at
+            # their log-odds + 2 sd): its probabilities are exact for that procedure
+            keep = _optimistic(z, s, vl, THOMPSON_CANDIDATES + k - 1)
+            z, s, vl = z[keep], s[keep], vl[keep]
+            for e in range(keep.shape[0]):
+                rows[e] = rows[keep[e]]
         order, p = choose(z, s, vl, k, policy, param)
         size = order.shape[0]
         chosen = np.empty(size, dtype=np.int32)

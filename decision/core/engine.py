@@ -90,6 +90,8 @@ class Engine:
             listener(catalog)
         prepared = Prepared(catalog)
         if catalog.learning.records:
+            self.store.record_offer_table(catalog.version, [(o.id, o.value, o.lever)
+                                                            for o in catalog.offers])
             prepared.planner = Planner(prepared, self._served(catalog))
         return prepared
 
@@ -107,7 +109,10 @@ class Engine:
         else:
             posterior = Posterior(catalog)
             with self.store.reader() as reader:
-                posterior.load(reader.models())
+                entries = reader.models()
+            time.sleep(0)  # publication runs beside requests: yield the interpreter often
+            posterior.load(entries)
+        time.sleep(0)
         return posterior.served(str(version))
 
     def refresh_models(self) -> bool:
@@ -121,7 +126,9 @@ class Engine:
             published = self.store.model_version()
             if published is None or str(published[0]) == planner.version:
                 return False
-            active.planner = Planner(active, self._served(active.catalog))
+            served = self._served(active.catalog)
+            time.sleep(0)
+            active.planner = Planner(active, served)
             return True
 
     def learning_step(self) -> int | None:

@@ -22,6 +22,7 @@ from decision.core.prepared import Prepared
 
 RANDOM = POLICY_CODES["random"]
 CONTROL = "control"
+MEMO_SIZE = 1 << 17  # customers whose plan a planner remembers
 
 
 class Plan(NamedTuple):
@@ -36,6 +37,7 @@ class Plan(NamedTuple):
     model_version: str
     empty: bool = False  # a control group that shows nothing
     shadow: "Plan | None" = None
+    heads: dict = {}  # placement -> its decision records' head (decision.core.recording)
 
     @property
     def greedy(self) -> bool:
@@ -68,8 +70,23 @@ class Planner:
                 plan = self._plan(channel, experiment, random)
                 self.plans[(channel, CONTROL)] = plan._replace(
                     arm=CONTROL, empty=self.control.answer == "none",
-                    policy="none" if self.control.answer == "none" else "random")
+                    policy="none" if self.control.answer == "none" else "random", heads={})
         self.needs_unit = self.control is not None or bool(learning.by_channel)
+        self._memo: dict[tuple, Plan] = {}
+
+    def plan_for(self, channel: str, key: int | None, identity: str) -> Plan:
+        """``plan`` for a customer by profile key (or, without one, the identifier she
+        was asked for), memoised: a returning customer's plan is one dict lookup."""
+        if not self.needs_unit:
+            return self.plans[(channel, "")]
+        memo = (channel, key if key is not None else identity)
+        plan = self._memo.get(memo)
+        if plan is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            plan = self._memo[memo] = self.plan(
+                channel, identity if key is None else f"{key:016x}")
+        return plan
 
     def plan(self, channel: str, unit: str) -> Plan:
         """The plan for a customer (``unit``) on a channel (checked by the caller)."""
@@ -106,11 +123,11 @@ class Planner:
         if experiment is not None and experiment.shadow is not None and arm is not None \
                 and arm.name != CONTROL:
             shadow = self._plan(channel, None, experiment.shadow)._replace(
-                experiment=experiment.name, arm=experiment.shadow.name)
+                experiment=experiment.name, arm=experiment.shadow.name, heads={})
         return Plan(experiment.name if experiment is not None else "",
                     arm.name if arm is not None else "", explore.policy,
                     POLICY_CODES[explore.policy], explore.param(examples), visit, var_w, var_b,
-                    version, False, shadow)
+                    version, False, shadow, {})
 
 
 def _with_levers(visit: tuple, active: Prepared, levers: dict[str, float]) -> tuple:

@@ -128,24 +128,25 @@ class Posterior:
                 self.shared_prec = np.frombuffer(shared.precision, dtype=np.float64).copy()
                 self.shared_examples = shared.examples
                 self.shared_updated_ms = shared.updated_ms
-        groups = self.catalog.learning.groups
-        for g, group in enumerate(groups):
-            for i, offer in enumerate(self.catalog.offers):
-                entry = entries.get(model_name(offer.id, group))
-                if entry is None:
-                    continue
-                if entry.signature != self.signature:
-                    stale += 1
-                    continue
-                self.offer_mean[g, i] = np.frombuffer(entry.mean, dtype=np.float64)
-                self.offer_prec[g, i] = np.frombuffer(entry.precision, dtype=np.float64)
-                self.examples[g, i] = entry.examples
-                self.positives[g, i] = entry.positives
-                self.updated_ms[g, i] = entry.updated_ms
-                if entry.feature_sum:
-                    self.feature_sum[g, i] = np.frombuffer(entry.feature_sum, dtype=np.float64)
-                self.auc[g, i] = entry.auc
-                self.auc_examples[g, i] = entry.auc_examples
+        group_index = {name: g for g, name in enumerate(self.catalog.learning.groups)}
+        offer_index = self.catalog.offer_index
+        for name, entry in entries.items():  # the stored ones only: O(offers learned)
+            offer_id, _, group = name.partition("\x1f")
+            g, i = group_index.get(group), offer_index.get(offer_id)
+            if name == SHARED or g is None or i is None:
+                continue  # the shared model (above), or an offer or group since removed
+            if entry.signature != self.signature:
+                stale += 1
+                continue
+            self.offer_mean[g, i] = np.frombuffer(entry.mean, dtype=np.float64)
+            self.offer_prec[g, i] = np.frombuffer(entry.precision, dtype=np.float64)
+            self.examples[g, i] = entry.examples
+            self.positives[g, i] = entry.positives
+            self.updated_ms[g, i] = entry.updated_ms
+            if entry.feature_sum:
+                self.feature_sum[g, i] = np.frombuffer(entry.feature_sum, dtype=np.float64)
+            self.auc[g, i] = entry.auc
+            self.auc_examples[g, i] = entry.auc_examples
         return stale
 
     def forget(self, offers: set[tuple[int, int]], now_ms: int) -> None:
@@ -213,6 +214,7 @@ class Posterior:
         order = visit.offer_of
         visits, vws, vbs = [], [], []
         for g in range(weights.shape[0]):
+            time.sleep(0)  # let requests waiting for the interpreter go first
             w = np.ascontiguousarray(weights[g][order], dtype=np.float32)
             b = np.ascontiguousarray(bias[g][order], dtype=np.float64)
             vw = np.ascontiguousarray(var_w[g][order], dtype=np.float32)

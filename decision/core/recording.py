@@ -1,9 +1,12 @@
 """Decision records, written off the request path.
 
-A decision hands ``Recorder.submit`` what it saw and did (the ``Decision``, the
-feature vector's bytes, the profile key, the shadow arm's ranking) and returns: a
-writer thread turns each into a ``DecisionRecord`` and writes whatever has queued up
-in one transaction (group commit), like event ingestion. A record is written whole or
+A decision hands ``Recorder.record`` what it saw and did; the record's value is built
+there in about a microsecond (``records.pack_decision_value``: the fields one plan's
+decisions share are packed once per plan, the rest is fixed-size binary: the feature
+vector's and the ranking's bytes as they are), and queued. A writer thread writes
+whatever has queued up in one transaction every ``FLUSH_S`` (group commit), like event
+ingestion: its share of the interpreter is two LMDB puts per record, so it barely
+competes with the requests for the GIL. A record is written whole or
 not at all (one LMDB put inside a transaction). What a crash can lose: the records
 still queued, at most the last ``FLUSH_S`` seconds' (``kill -9`` between a decision
 and its commit); an outcome that then names such a decision is counted as
@@ -23,11 +26,9 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import NamedTuple
 
-from decision.core.prepared import Prepared
 from decision.store.database import ProfileStore, profile_key_bytes
-from decision.store.records import DecisionRecord, RecordedOffer
+from decision.store.records import pack_decision_head, pack_decision_value
 
 log = logging.getLogger("decision.core.recording")
 
@@ -44,51 +45,10 @@ def owner_of(profile_key: int, unit: str) -> bytes:
     return b"\xff" + hashlib.blake2b(unit.encode(), digest_size=7).digest()
 
 
-class Seen(NamedTuple):
-    """What a decision hands the recorder (cheap to build on the request path)."""
-
-    decision: object  # decision.core.respond.Decision
-    features: bytes
-    profile_key: int
-    unit: str  # the identifier, for a cold start's owner
-    channel: str
-    placement: str
-    shadow_arm: str = ""
-    shadow_ranked: object = None  # float64[r, HEAD + ...] or None
-
-
-def _offers(static: list, ranked) -> list:
-    """[offer id, rank, score, propensity, value, lever, probability] per ranked row."""
-    return [[*static[int(row[0])][:1], q + 1, row[1], row[2], *static[int(row[0])][1:], row[3]]
-            for q, row in enumerate(ranked[:, :4].tolist())]
-
-
-def fields_of(seen: Seen, static: list) -> tuple:
-    """(decision id, owner, the record's fields after the id): what the store packs
-    (``records.DecisionRecord``'s order)."""
-    d = seen.decision
-    shadow = [] if seen.shadow_ranked is None else _offers(static, seen.shadow_ranked)
-    who = owner_of(seen.profile_key, seen.unit)
-    return (d.decision_id, who, [
-        d.decided_at_ms, seen.profile_key, seen.channel, seen.placement, d.catalog_version,
-        d.model_version, d.experiment, d.arm, d.policy, seen.features,
-        _offers(static, d.ranked), d.eligible_count, seen.shadow_arm, shadow, who])
-
-
-def to_record(seen: Seen) -> DecisionRecord:
-    """The ``DecisionRecord`` of what a decision saw and did."""
-    offers = seen.decision.prepared.catalog.offers
-    decision_id, _, fields = fields_of(seen, [(o.id, o.value, o.lever) for o in offers])
-    fields[10] = tuple(RecordedOffer(*o) for o in fields[10])
-    fields[13] = tuple(RecordedOffer(*o) for o in fields[13])
-    return DecisionRecord(decision_id, *fields)
-
-
 class Recorder:
     """The process's decision-record writer thread.
 
-    ``submit`` appends to a deque (a few tens of ns, no lock: ``deque.append`` is
-    atomic); the writer wakes every ``FLUSH_S``, takes what queued up and commits it in
+    ``record`` appends to a deque (no lock: ``deque.append`` is atomic); the writer wakes every ``FLUSH_S``, takes what queued up and commits it in
     one transaction."""
 
     def __init__(self, store: ProfileStore):
@@ -96,31 +56,36 @@ class Recorder:
         self._queue: deque = deque()
         self.dropped = 0
         self.written = 0
-        self._static: dict = {}
         self._busy = False
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="decision-records",
                                         daemon=True)
         self._thread.start()
 
-    def _static_of(self, prepared: Prepared) -> list:
-        """Per catalog: each offer's (id, value, lever), built once."""
-        static = self._static.get(prepared)
-        if static is None:
-            if len(self._static) > 8:
-                self._static.clear()
-            static = self._static[prepared] = [(o.id, o.value, o.lever)
-                                               for o in prepared.catalog.offers]
-        return static
-
-    def submit(self, seen: Seen) -> None:
+    def record(self, decision, plan, profile_key: int, identity: str, channel: str,
+               placement: str, features, shadow_ranked=None) -> None:
+        """Queue the record of ``decision``, decided by ``plan`` (a
+        ``decision.core.experiments.Plan``: it keeps the records' head per placement);
+        ``features``: the float32 vector the kernel read; ``shadow_ranked``: the shadow
+        arm's ranked rows, or None."""
         if len(self._queue) >= MAX_QUEUED:
             self.dropped += 1
             if self.dropped % 10_000 == 1:
                 log.warning("decision records: the queue is full, %d dropped so far",
                             self.dropped)
             return
-        self._queue.append(seen)
+        d = decision
+        head = plan.heads.get(placement)
+        if head is None:
+            head = plan.heads[placement] = pack_decision_head(
+                channel, placement, d.catalog_version, d.model_version, d.experiment, d.arm,
+                d.policy, "" if plan.shadow is None else plan.shadow.arm)
+        owner = profile_key.to_bytes(8, "big") if profile_key else owner_of(0, identity)
+        ranked = d.ranked
+        self._queue.append((d.decision_id, owner, pack_decision_value(
+            head, d.decided_at_ms, profile_key, owner, d.eligible_count, features.tobytes(),
+            ranked.shape[1], ranked.tobytes(),
+            b"" if shadow_ranked is None else shadow_ranked.tobytes())))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every record submitted so far is committed."""
@@ -141,9 +106,9 @@ class Recorder:
                 self._busy = True
                 batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
                 try:
-                    rows = [fields_of(s, self._static_of(s.decision.prepared)) for s in batch]
-                    self.store.write(lambda txn: self.store.record_decision_fields(txn, rows))
-                    self.written += len(rows)
+                    self.store.write(lambda txn, rows=batch: self.store.record_decisions(
+                        txn, rows))
+                    self.written += len(batch)
                 except Exception:
                     log.exception("decision records: %d could not be written", len(batch))
             self._busy = False

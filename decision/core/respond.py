@@ -29,7 +29,7 @@ from decision.config.catalog import Catalog, Offer
 from decision.config.rules import string_id
 from decision.core.experiments import Plan
 from decision.core.prepared import COLD_START, N_FEATURE_REASONS, Prepared, Reason
-from decision.core.recording import Recorder, Seen
+from decision.core.recording import Recorder
 from decision.core.requests import Identifier, IdentifierCheck, check_type
 from decision.core.tails import VALUES, VERDICTS, ZONES
 from decision.errors import DecisionError, InvalidArgument
@@ -298,9 +298,7 @@ class Responder:
         kernel it calls for, the shadow arm if any, and the decision's record
         (``decision.core.recording``, off the request path)."""
         channel = query.channel
-        planner = active.planner
-        unit = (identity if key is None else f"{key:016x}") if planner.needs_unit else ""
-        plan = planner.plan(channel, unit) if planner.needs_unit else planner.plans[(channel, "")]
+        plan = active.planner.plan_for(channel, key, identity)
         x, contacts, zone, kept = self.read_profile(active, channel, key, buf, slots)
         slots = np.array(slots, dtype=np.float64)
         if kept is None:
@@ -323,9 +321,8 @@ class Responder:
             shadow_ranked = None if shadow is None else self._run(
                 active, shadow, slots, x, channel_bit, placement_bit, now, k, contacts,
                 verdict)[1]
-            self.recorder.submit(Seen(decision, x.tobytes(), key or 0, identity, channel,
-                                      query.placement, "" if shadow is None else shadow.arm,
-                                      shadow_ranked))
+            self.recorder.record(decision, plan, key or 0, identity, channel, query.placement,
+                                 x, shadow_ranked)
         return decision
 
     @staticmethod

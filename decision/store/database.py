@@ -61,7 +61,7 @@ from decision.store.layout import LAYOUT_VERSION, ProfileRecord, decode, encode
 from decision.store.records import (
     ACTION, EVENT, SEGMENT_ENTER, SEGMENT_LEAVE, DecisionRecord, Label, ModelEntry,
     OutcomeRecord, ScheduledAction, Trigger, event_profile, label_key, owner, pack_action,
-    pack_decision, pack_decision_fields, pack_event, pack_model, pack_outcome, pack_trigger, unpack_action,
+    decision_owner, pack_event, pack_model, pack_outcome, pack_trigger, unpack_action,
     unpack_decision, unpack_label, unpack_model, unpack_outcome, unpack_trigger,
 )
 
@@ -208,6 +208,7 @@ class ProfileStore:
          self.outcomes_db, self.labels_db, self.label_index_db, self.models_db) = (
             self.env.open_db(name.encode(), create=not readonly) for name in SUB_DATABASES)
         self.committed = threading.Condition()  # notified after every write commit
+        self._offer_tables: dict[str, list] = {}  # catalog version -> decision records' offers
 
     def close(self) -> None:
         self.env.close()
@@ -524,26 +525,44 @@ class ProfileStore:
             return r._txn.stat(self.profiles_db)["entries"]
 
     # ------------------------------------------------------------- decision records
-    def record_decisions(self, txn: lmdb.Transaction, records: list[DecisionRecord]) -> None:
-        for record in records:
-            key = record.decision_id.encode()
-            txn.put(key, pack_decision(record), db=self.decisions_db)
-            txn.put(record.owner + key, b"", db=self.owners_db)
-
-    def record_decision_fields(self, txn: lmdb.Transaction, rows: list[tuple]) -> None:
-        """``record_decisions`` of (decision id, owner, the fields after the id as
-        ``records.pack_decision_fields`` takes them)."""
+    def record_decisions(self, txn: lmdb.Transaction, rows: list[tuple]) -> None:
+        """Write (decision id, owner, value from ``records.pack_decision_value``) rows."""
         put = txn.put
         decisions, owners = self.decisions_db, self.owners_db
-        for decision_id, who, fields in rows:
+        for decision_id, who, value in rows:
             key = decision_id.encode()
-            put(key, pack_decision_fields(fields), db=decisions)
+            put(key, value, db=decisions)
             put(who + key, b"", db=owners)
+
+    def record_offer_table(self, version: str, offers: list[tuple[str, float, float]]) -> None:
+        """Keep a catalog version's (offer id, value, lever) table: records name offers
+        by their index in it (written once per version)."""
+        key = f"offers\x1f{version}".encode()
+
+        def work(txn):
+            if txn.get(key, db=self.meta_db) is None:
+                txn.put(key, msgpack.packb([list(o) for o in offers]), db=self.meta_db)
+
+        self.write(work)
+
+    def _offer_table(self, txn: lmdb.Transaction):
+        """A lookup of catalog version -> offer table, cached (tables never change)."""
+        cache = self._offer_tables
+
+        def table(version: str):
+            if version not in cache:
+                raw = txn.get(f"offers\x1f{version}".encode(), db=self.meta_db)
+                if raw is None:
+                    return None
+                cache[version] = [tuple(o) for o in msgpack.unpackb(raw)]
+            return cache[version]
+
+        return table
 
     def decision(self, txn: lmdb.Transaction, decision_id: str) -> DecisionRecord | None:
         """The record of a decision; None when unknown or erased."""
         raw = txn.get(decision_id.encode(), db=self.decisions_db)
-        return None if not raw else unpack_decision(decision_id, raw)
+        return None if not raw else unpack_decision(decision_id, raw, self._offer_table(txn))
 
     def erased_decision(self, txn: lmdb.Transaction, decision_id: str) -> bool:
         """Whether the decision was recorded, then erased (``delete_decisions`` leaves
@@ -562,7 +581,8 @@ class ProfileStore:
                     if bytes(k)[:12] >= end or len(out) >= limit:
                         break
                     if v:  # an empty value: erased
-                        out.append(unpack_decision(bytes(k).decode(), v))
+                        out.append(unpack_decision(bytes(k).decode(), v,
+                                                   self._offer_table(r._txn)))
         return out
 
     def delete_decisions(self, txn: lmdb.Transaction, owners: list[bytes]) -> int:
@@ -595,7 +615,7 @@ class ProfileStore:
                 k = bytes(k)
                 if k >= end or len(doomed) >= limit:
                     break
-                doomed.append((k, unpack_decision(k.decode(), v).owner if v else None))
+                doomed.append((k, decision_owner(v) if v else None))
         for k, who in doomed:
             txn.delete(k, db=self.decisions_db)
             if who is not None:
