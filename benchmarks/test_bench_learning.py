@@ -141,3 +141,69 @@ def test_publication_does_not_stall_requests(learning_engine, queries):
     record(name, "publications", published[0], "", kind=INFO)
     enforce(record(name, "p99.9 ratio", ratio, "x", kind=ENFORCED,
                    budget=PUBLICATION_P999_RATIO))
+
+
+@pytest.fixture(scope="module")
+def learning_server(bench_data, servers):
+    """``decision serve`` with the learning catalog, on the benchmark store (beside the
+    baseline server: processes share a store)."""
+    from benchmarks.conftest import _free_port, _spawn
+
+    address = f"127.0.0.1:{_free_port()}"
+    proc = _spawn(["serve", "--data-dir", str(bench_data / "profiles"), "--catalog",
+                   str(bench_data / "catalog-learning.toml")], address,
+                  bench_data / "serve-learning.log")
+    yield address
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_grpc_decide_with_learning_vs_empty_handler(servers, learning_server, queries,
+                                                    machine):
+    """gRPC Decide against the empty handler, the learning server beside the baseline
+    one, in alternating blocks: the learning server's ratios are held to the same
+    budget as the baseline's (benchmarks/test_bench_grpc.py), and both are shown."""
+    import grpc
+
+    from benchmarks.conftest import DECIDE_RATIO
+    from benchmarks.test_bench_grpc import _requests
+    from decision.v1 import decision_pb2_grpc as pb_grpc
+
+    real_addr, floor_addr = servers
+    requests = _requests(queries)
+    channels = [grpc.insecure_channel(a) for a in (real_addr, learning_server, floor_addr)]
+    try:
+        calls = dict(zip(("static", "learning", "floor"),
+                         (pb_grpc.DecisionServiceStub(c).Decide for c in channels)))
+        for call in calls.values():
+            for r in requests[:300]:
+                call(r)
+        assert calls["learning"](requests[0]).arm
+        blocks: dict[str, list] = {name: [] for name in calls}
+        clock = time.perf_counter_ns
+        for block in range(12):
+            names = list(calls)
+            for name in names[block % 3:] + names[:block % 3]:
+                out = []
+                for i in range(block * 400, (block + 1) * 400):
+                    req = requests[i % len(requests)]
+                    t = clock()
+                    calls[name](req)
+                    out.append(clock() - t)
+                blocks[name].append(out)
+            machine.sample(50)
+    finally:
+        for c in channels:
+            c.close()
+    rows = []
+    for name in ("static", "learning"):
+        r50 = _pairs(blocks[name], blocks["floor"], 50)
+        r99 = _pairs(blocks[name], blocks["floor"], 99)
+        label = f"gRPC Decide vs empty handler, {name} catalog"
+        rows += [record(label, "p50 / floor p50", r50, "x", kind=ENFORCED, budget=DECIDE_RATIO,
+                        machine=machine, excess=True),
+                 record(label, "p99 / floor p99", r99, "x", kind=ENFORCED, budget=DECIDE_RATIO,
+                        machine=machine, excess=True)]
+    record("gRPC Decide, learning vs static catalog", "p50 ratio",
+           _pairs(blocks["learning"], blocks["static"], 50), "x")
+    enforce(*rows)
