@@ -405,3 +405,32 @@ def test_models_cli(running, stub):
     assert reply.returncode == 0, reply.stderr
     assert "o1" in reply.stdout and "prior only" in reply.stdout
     assert "examples learned" in reply.stdout
+
+
+def test_records_expire_after_the_retention(tmp_path, catalog_file):
+    from decision.core.engine import Engine
+    from decision.core.requests import Identifier
+    from decision.core.respond import DecideQuery
+    from decision.errors import NotFound
+    from decision.settings import Settings
+
+    catalog_file.write_text(catalog_file.read_text().replace('retention = "30d"',
+                                                             'retention = "1m"'))
+    now = [1_800_000_000.0]
+    engine = Engine(Settings(data_dir=tmp_path / "store", catalog_path=catalog_file),
+                    clock=lambda: now[0])
+    try:
+        d = engine.decide(DecideQuery(Identifier("customer_id", "old"), "web"))
+        engine.recorder.flush()
+        assert engine.decision_records(d.decision_id)[0].decision_id == d.decision_id
+        now[0] += 59
+        engine.learner.last_cleanup = 0.0
+        engine.learning_step()
+        assert engine.decision_records(d.decision_id)  # still within the minute
+        now[0] += 2
+        engine.learner.last_cleanup = 0.0
+        engine.learning_step()
+        with pytest.raises(NotFound):
+            engine.decision_records(d.decision_id)
+    finally:
+        engine.close()

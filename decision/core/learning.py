@@ -280,6 +280,11 @@ class Learner:
         or None when another process holds the lease."""
         catalog = self.catalog()
         if not catalog.learning.enabled:
+            if catalog.learning.records and self.clock() - self.last_cleanup > CLEANUP_EVERY_S:
+                # an experiment without learning still records: keep the retention
+                self.last_cleanup = self.clock()
+                cutoff = int(self.clock() * 1000) - catalog.learning.retention_ms
+                self.store.write(lambda txn: self.store.expire_decisions(txn, cutoff, 10_000))
             return None
         try:
             learned = self.store.write(lambda txn: self._cycle(txn, catalog))
