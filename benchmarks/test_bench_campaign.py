@@ -197,9 +197,7 @@ def build_demo_data(root: Path, n_customers: int, n_offers: int, seed: int = 11,
 def _contents(path: Path) -> dict[str, list[tuple[bytes, bytes]]]:
     store = ProfileStore(path, readonly=True)
     try:
-        dbs = dict(zip(SUB_DATABASES, (store.profiles_db, store.identity_db, store.events_db,
-                                       store.triggers_db, store.schedule_db, store.pending_db,
-                                       store.meta_db)))
+        dbs = {name: store.env.open_db(name.encode(), create=False) for name in SUB_DATABASES}
         with store.env.begin() as txn:
             return {name: [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db)]
                     for name, db in dbs.items()}
