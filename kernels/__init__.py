@@ -4,8 +4,13 @@
 - ``kernels.policies``     contact policies over a customer's contact history
 - ``kernels.scoring``      logistic propensity, P x V x L arbitration, feature reasons
 - ``kernels.selection``    deterministic top-k
-- ``kernels.decide``       the fused per-request kernel the engine calls, and the
-                           batch kernels of campaigns (``prange`` over customers)
+- ``kernels.decide``       the fused per-request kernel the engine calls (greedy, and
+                           ``decide_explore`` for exploring policies), and the batch
+                           kernels of campaigns (``prange`` over customers)
+- ``kernels.explore``      exploration: each slot's draw and its logged probability
+- ``kernels.bayes``        the learned models: Laplace updates of diagonal Gaussian
+                           logistic posteriors, folding them for the decision kernels
+- ``kernels.encoding``     a DecideResponse's wire bytes
 
 Every kernel is compiled with ``cache=True`` (compiled once per machine, loaded from
 disk afterwards) and has a NumPy reference its tests compare against.

@@ -1,71 +1,83 @@
 """Exploration: which eligible offer goes in each slot, and with what probability.
 
 Inputs, per eligible offer (in ascending catalog index: "ties to the lower catalog
-index" is "ties to the lower position"): ``z`` the mean log-odds (clamped, as
-``scoring.logit_of``), ``s`` the log-odds variance (``logit_variance``), ``vl`` value x
-lever (finite, >= 0). The greedy score is ``sigmoid(z) * vl`` (``scoring``'s P x V x L);
-an offer whose score is NaN never ranks, under any policy (it is not a candidate).
+index" is "ties to the lower position"), float64[n] each: ``z`` the mean log-odds
+(clamped, as ``scoring.logit_of``), ``s`` the log-odds variance (``logit_variance``;
+NaN or < 0 is taken as 0, above ``VAR_MAX`` as ``VAR_MAX``), ``vl`` value x lever
+(finite, >= 0). The greedy score is ``sigmoid(z) * vl`` (``scoring``'s P x V x L); an
+offer whose score is NaN never ranks, under any policy.
 
 ``choose`` fills ``r = min(k, rankable offers)`` slots one after the other; the offer of
-slot q is drawn from the offers not placed in slots < q by the policy, and ``prob[q]`` is
-the probability that the policy put that offer there, given slots < q (what off-policy
-evaluation needs). ``slot_distribution`` gives the whole distribution of one slot.
+slot q is drawn by the policy from the offers not placed in slots < q, and ``prob[q]``
+is the probability that the policy put that offer there, given slots < q (what
+off-policy evaluation needs). ``slot_distribution`` is the whole distribution of one
+slot, ``winner_probability`` one entry of it (``choose``'s ``prob[q]`` is
+``winner_probability(z, s, vl, placed = order[:q], order[q], ...)``).
 
 Policies
 --------
 ``GREEDY``: argmax score (ties: lower index), probability 1: exactly today's ranking.
 
-``EPSILON`` (param = epsilon in [0, 1]): with probability epsilon uniform over the n
-remaining offers, else the argmax; p = (1 - epsilon) [argmax] + epsilon / n.
+``EPSILON`` (param = epsilon, clipped to [0, 1]): with probability epsilon uniform over
+the n remaining offers, else the argmax; p = (1 - epsilon) [argmax] + epsilon / n.
 
 ``SQUARECB`` (param = gamma >= 0, ``squarecb_gamma``; Foster & Rakhlin 2020's inverse
 gap weighting): ``y_a = score_a / max_a vl_a`` (rewards scaled to [0, 1]), b the argmax,
-``p_a = 1 / (n + gamma (y_b - y_a))`` for a != b and ``p_b = 1 - sum of the others``.
+``p_a = 1 / (n + gamma (y_b - y_a))`` for a != b and ``p_b = 1 - sum of the others``
+(>= 1 / n).
 
 ``RANDOM``: uniform over the remaining, p = 1 / n.
 
 ``THOMPSON``: one fresh posterior draw per offer and slot, ``z~ = z + sqrt(s) N(0, 1)``;
-the slot takes the argmax of ``sigmoid(z~) vl``. Draws are compared as log-scores,
-``log sigmoid(z~) + log vl``: sigmoid(z~) rounds to 1.0 past z~ = 37 (then scores tie),
-its log does not. Offers with vl = 0 score 0 and win only when no offer with vl > 0 is
-left (then by the greedy rule, probability 1).
+the slot takes the argmax of ``sigmoid(z~) vl`` (ties: lower index; scores within
+rounding of each other are compared as ``log sigmoid(z~) + log vl``, which does not
+round to 1 past z~ = 37). Offers with vl = 0 score 0: they win only when no offer with
+vl > 0 is left (then by the greedy rule, probability 1).
 
 Thompson's probabilities
 ------------------------
-*Pruning.* With ``lo_a`` / ``hi_a`` the scores at z -/+ 8 sqrt(s), an offer whose
-``hi_a`` is below ``L = max lo`` over the remaining offers wins with probability below
-Phi(-8) = 6e-16: it is not drawn at all (not a candidate; probability 0). The procedure
-that runs is Thompson sampling over the candidates, and the probabilities are those of
-that procedure. With 200 eligible offers and a learned model only a handful compete.
+*Candidates.* With ``lo_a`` / ``hi_a`` the scores at z -/+ 8 sqrt(s), an offer whose
+``hi_a`` is below ``L = max lo`` over the remaining offers would win with probability
+below Phi(-8) = 6e-16: it is not drawn (probability 0), nor is a candidate whose
+``hi_a`` is below the best draw so far. So the procedure that runs is Thompson sampling
+with draws capped at 8 standard deviations (a difference below 1e-13 with 200 offers),
+and its probabilities are what is reported.
 
 *The winner's probability* is an integral over its own draw u ~ N(0, 1)::
 
     P(w) = integral phi(u) prod_{b != w} F_b(t_w(u)) du,   F_b(t) = P(score_b < t)
-         = Phi((logit(t / vl_b) - z_b) / sqrt(s_b))        (1 when t >= vl_b)
+         = Phi(g_b(u)),  g_b = (logit(t_w(u) / vl_b) - z_b) / sqrt(s_b)  (+inf: t >= vl_b)
 
-(a candidate b with s_b = 0 is a step; w with s_w = 0 needs no integral: a product).
-Gauss-Hermite quadrature of the whole line cannot do this to 1e-3: a competitor much
-surer than w (s_b << s_w) makes its factor a step in u, and the nodes of a 48-point
-rule near u = 0 are 0.45 apart, an error of up to ~0.1. So the integral is over
-``[u_lo, u_hi]``, outside which it is known: below ``u_lo`` (w's score at the largest
-``lo_b`` of its competitors, or u = -8) the integrand is < 6e-16; above ``u_hi`` (w's
-score at the largest ``hi_b``, or u = 8) every factor is 1 and the rest is
-``Phi(-u_hi)``. That interval is cut, left to right, into pieces on which every
-factor's argument ``g_b(u)`` (clamped to [-8, 8]) changes by at most ``QUAD_G`` and u by
-at most ``QUAD_H`` (the piece is halved until it does; it doubles again after), each
-integrated by ``QUAD_NODES``-point Gauss-Legendre. A factor whose argument passed 8 is 1
-from there on and is dropped; a piece where some factor's argument is still below -8
-contributes < 6e-16 and is skipped. Every factor's rise starts before ``u_lo`` (its
-``lo_b`` is at most the largest), so a sharp factor is only sharp next to ``u_lo``,
-where the pieces are small.
+(a competitor with s_b = 0 is a step, below which w cannot win; a winner with s_w = 0
+needs no integral: the product at its score). Gauss-Hermite quadrature over the whole
+line cannot do this to 1e-3: a competitor much surer than w (s_b << s_w) makes its
+factor a step in u, and a 48-point rule's nodes near u = 0 are 0.45 apart (errors up to
+~0.1 measured). Instead the integral is swept right to left, from ``u_top`` (above it
+every factor is > Phi(5): 1) down, in pieces of at most ``QUAD_H`` on which no factor's
+argument (where it is in [-5, 5]) changes by more than ``QUAD_G`` (a piece is halved
+until so, and may double again after), each by ``QUAD_NODES``-point Gauss-Legendre.
+The sweep stops when what is left below, at most ``Phi(y) prod_b Phi(g_b(y))`` (the
+integrand rises with u), is below ``QUAD_STOP``, or at u = -8 or a sure competitor's
+step. A factor at or past Phi(5) on a piece counts as 1 there (relative error <= 3e-7
+per factor).
 
-*Accuracy.* Per piece, 8 Gauss-Legendre nodes integrate ``phi(u)`` times such factors
-(argument change <= 8, width <= 3) to better than 6e-5 (worst of 300 random pieces,
-against a 400-node rule); a winner's probability is typically 2-10 pieces, and the
-tests measure ``|quadrature - reference| < 1e-4`` (a 20,000-point rule) on random hard
-cases (variances over 6 decades, values over 2, 2 to 12 competitors) and agreement with
-200,000 Monte Carlo draws within their error + 1e-3. Reported probabilities are clipped
-to [``PROB_FLOOR``, 1].
+*Accuracy.* On random hard cases (2 to 12 candidates, variances over 6 decades, some
+sure, values over 2 decades, log-odds up to the clamp) the largest difference from a
+100,000-point midpoint rule without pruning is 3e-5 (tests: < 1e-4), and the
+probabilities of a slot sum to 1 within 3e-5; tests also compare with 200,000 Monte
+Carlo draws (within their error + 1e-3). Reported probabilities are clipped to
+[``PROB_FLOOR``, 1].
+
+*Cost* grows with the competitors whose factor is below Phi(5) where the winner's
+draw matters (~8 nodes per piece x 3-4 pieces x those factors, a log and an exp each).
+``benchmarks/test_bench_learner.py``, 150 offers, k = 3, log-odds ~N(-3, 1), values
+U(1, 10), measured at machine factor ~2.7 (divide by it for the reference machine):
+log-odds variance U(0.0005, 0.003) 25 us per call (a handful compete); U(0.005, 0.05)
+118 us (~50 candidates, ~20 factors active per winner); 0.3 for all, 490 us (all
+compete); the draws alone (``choose(..., with_prob=False)``: probabilities NaN, for a
+caller that computes them later with ``winner_probability``) 14 us. Greedy, epsilon,
+random ~6 us and SquareCB ~8 us at that factor, mostly the 150 sigmoids and numba's
+dispatch from Python.
 
 Random numbers come from numba's generator inside the kernels (one stream per thread;
 ``seed`` seeds it, for tests). With ``NUMBA_DISABLE_JIT=1`` that is NumPy's global one.
@@ -85,7 +97,7 @@ POLICIES = {"greedy": GREEDY, "epsilon": EPSILON, "squarecb": SQUARECB, "thompso
             "random": RANDOM}
 
 SIGMAS = 8.0  # candidates: hi = score at z + SIGMAS sd reaches the best lo (z - SIGMAS sd)
-TAIL_SIGMAS = 5.0  # in the integral, a factor past Phi(+-5) counts as 1 or 0
+TAIL_SIGMAS = 5.0  # in the integral, a factor >= Phi(5) on a piece counts as 1 there
 PROB_FLOOR = 1e-12  # the least probability reported for a Thompson winner
 VAR_MAX = 1e6  # a log-odds variance above this (or +inf) is taken as this
 QUAD_NODES = 8  # Gauss-Legendre nodes per piece
@@ -177,9 +189,7 @@ def _clean_sd(v):
     """sqrt of a log-odds variance: NaN or negative -> 0, above VAR_MAX -> VAR_MAX."""
     if not v > 0.0:
         return 0.0
-    if v > VAR_MAX:
-        v = VAR_MAX
-    return math.sqrt(v)
+    return math.sqrt(min(v, VAR_MAX))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -219,13 +229,6 @@ def _uniform_index(count):
     return min(j, count - 1)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _clip01(p):
-    if not p >= 0.0:
-        return 0.0
-    return min(p, 1.0)
-
-
 # ------------------------------------------------------------------ squarecb
 @njit(cache=True, nogil=True, error_model="numpy")
 def _squarecb_setup(score, vl, free, count, gamma):
@@ -241,57 +244,85 @@ def _squarecb_setup(score, vl, free, count, gamma):
     scale = 1.0 / vmax if vmax > 0.0 else 0.0
     if not gamma > 0.0:
         gamma = 0.0
-    others = 0.0
     yb = score[b] * scale
+    others = 0.0
     for i in range(score.shape[0]):
         if free[i] and i != b:
-            others += 1.0 / (count + gamma * (yb - score[i] * scale))
+            others += _squarecb_p(yb, score[i] * scale, gamma, count)
     return b, scale, gamma, 1.0 - others
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _squarecb_p(score, i, b, scale, gamma, count, p_b):
-    if i == b:
-        return p_b
-    return 1.0 / (count + gamma * (score[b] * scale - score[i] * scale))
+def _squarecb_p(yb, ya, gamma, count):
+    """p_a = 1 / (n + gamma (y_b - y_a)) for a != b (an offer tied with b: 1 / n, even
+    for gamma = +inf)."""
+    gap = yb - ya
+    return 1.0 / (count + gamma * gap) if gap > 0.0 else 1.0 / count
 
 
 # ------------------------------------------------------------------ thompson
 @njit(cache=True, nogil=True, error_model="numpy")
-def _thompson_setup(z, s, vl):
-    """Per offer: sd, and the scores at z -/+ SIGMAS sd (0 for vl <= 0)."""
+def _thompson_setup(z, s):
+    """Per offer: sd, and room for the scores at z -/+ SIGMAS sd (NaN: not computed
+    yet; ``_candidates`` computes the few it needs)."""
     n = z.shape[0]
     sd = np.empty(n, dtype=np.float64)
-    lo = np.zeros(n, dtype=np.float64)
-    hi = np.zeros(n, dtype=np.float64)
     for i in range(n):
-        d = _clean_sd(s[i])
-        sd[i] = d
-        if vl[i] > 0.0:
-            lo[i] = sigmoid(z[i] - SIGMAS * d) * vl[i]
-            hi[i] = sigmoid(z[i] + SIGMAS * d) * vl[i]
-    return sd, lo, hi
+        sd[i] = _clean_sd(s[i])
+    return sd, np.full(n, np.nan), np.full(n, np.nan)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _candidates(vl, free, lo, hi, cand):
-    """Fill ``cand`` with the free offers that can win (vl > 0 and hi >= max lo), in
-    index order; return their count, 0 when no free offer has vl > 0, -1 when one has
-    vl = +inf (the slot is then greedy)."""
-    top = -1.0
-    for i in range(vl.shape[0]):
+def _candidates(z, sd, vl, score, free, lo, hi, cand):
+    """Fill ``cand`` with the free offers that can win (vl > 0 and hi >= the largest
+    lo), in index order, their lo and hi computed; return their count, 0 when no free
+    offer has vl > 0, -1 when one has vl = +inf (the slot is then greedy).
+
+    Only what decides is computed: lo <= score, so the largest lo is among the offers
+    scoring above the best's lo; and hi <= vl, hi <= score e^(SIGMAS sd) <= score /
+    (1 - SIGMAS sd) (for SIGMAS sd < 1) rule most others out without an exp."""
+    n = z.shape[0]
+    best = -1
+    for i in range(n):
         if free[i] and vl[i] > 0.0:
             if vl[i] == np.inf:
                 return -1
-            if lo[i] > top:
-                top = lo[i]
-    if top < 0.0:
+            if best < 0 or score[i] > score[best]:
+                best = i
+    if best < 0:
         return 0
+    # (lo and hi are written out here, not called per offer: a call with array
+    # arguments costs ~80 ns of reference counting, more than the exp)
+    if lo[best] != lo[best]:
+        lo[best] = sigmoid(z[best] - SIGMAS * sd[best]) * vl[best]
+    top = lo[best]
+    for i in range(n):
+        if free[i] and vl[i] > 0.0 and score[i] > top:
+            if lo[i] != lo[i]:
+                lo[i] = sigmoid(z[i] - SIGMAS * sd[i]) * vl[i]
+            top = max(top, lo[i])
     size = 0
-    for i in range(vl.shape[0]):
-        if free[i] and vl[i] > 0.0 and hi[i] >= top:
-            cand[size] = i
-            size += 1
+    for i in range(n):
+        if not (free[i] and vl[i] > 0.0):
+            continue
+        if score[i] < top:
+            if vl[i] < top:
+                continue
+            d = SIGMAS * sd[i]
+            if d < 1.0 and score[i] < top * (1.0 - d) * (1.0 - 1e-12):
+                continue
+            if hi[i] != hi[i]:
+                hi[i] = sigmoid(z[i] + d) * vl[i]
+            if hi[i] < top:
+                continue
+        cand[size] = i
+        size += 1
+    for c in range(size):
+        i = cand[c]
+        if lo[i] != lo[i]:
+            lo[i] = sigmoid(z[i] - SIGMAS * sd[i]) * vl[i]
+        if hi[i] != hi[i]:
+            hi[i] = sigmoid(z[i] + SIGMAS * sd[i]) * vl[i]
     return size
 
 
@@ -376,7 +407,10 @@ def _factor_arg(a, p, q, r, zb, sdb):
         den = (1.0 - r) + r * q  # 1 - r sigmoid(a), without cancellation when r <= 1
         if den <= 0.0:
             return np.inf
-        ell = math.log(r * p / den)  # logit(r sigmoid(a))
+        num = r * p
+        if num <= 0.0:
+            return -np.inf  # sigmoid(a) underflowed: w's score is 0
+        ell = math.log(num / den)  # logit(r sigmoid(a))
     return (ell - zb) / sdb
 
 
@@ -403,8 +437,8 @@ def _win_prob(w, cand, size, z, sd, vl, lo, hi, work):
             else:
                 prob *= _cdf(_factor_arg(zw, p, q, vlw / vl[b], z[b], sd[b]))
         return prob
-    # the competitors: a sure one (s = 0) is a step, at or below which w cannot win;
-    # an uncertain one a factor Phi(g_b(u)), >= Phi(SIGMAS) above u = its start
+    # the competitors: a sure one (s = 0) is a step, below which w cannot win; an
+    # uncertain one a factor Phi(g_b(u)), >= Phi(TAIL_SIGMAS) above u = its start
     fr = work[0]
     fz = work[1]
     fs = work[2]
@@ -492,26 +526,40 @@ def _win_prob(w, cand, size, z, sd, vl, lo, hi, work):
 
 # ------------------------------------------------------------------ the kernels
 @njit(cache=True, nogil=True, error_model="numpy")
-def choose(z, s, vl, k, policy, param):
-    """Fill up to ``k`` slots from the offers (z, s, vl: float64[n]) by ``policy``
-    (``param``: epsilon for EPSILON, gamma for SQUARECB, unused otherwise). Returns
-    (order int32[r]: positions in the inputs, slot by slot; prob float64[r]: the
-    probability that slot q got order[q] given slots < q), r = min(k, rankable)."""
+def _free_offers(z, vl, placed):
+    """(greedy scores, free: rankable and not placed, how many are free)."""
     n = z.shape[0]
     score = _greedy_scores(z, vl)
     free = np.empty(n, dtype=np.bool_)
     count = 0
     for i in range(n):
-        free[i] = score[i] == score[i]
+        free[i] = score[i] == score[i] and not placed[i]
         count += free[i]
+    return score, free, count
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _epsilon(param):
+    return min(param, 1.0) if param > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def choose(z, s, vl, k, policy, param, with_prob=True):
+    """Fill up to ``k`` slots from the offers (z, s, vl: float64[n]) by ``policy``
+    (``param``: epsilon for EPSILON, gamma for SQUARECB, unused otherwise). Returns
+    (order int32[r]: positions in the inputs, slot by slot; prob float64[r]: the
+    probability that slot q got order[q] given slots < q), r = min(k, rankable).
+    ``with_prob=False``: Thompson's probabilities are not computed (NaN)."""
+    n = z.shape[0]
+    score, free, count = _free_offers(z, vl, np.zeros(n, dtype=np.bool_))
     r = max(0, min(k, count))
     order = np.empty(r, dtype=np.int32)
     prob = np.empty(r, dtype=np.float64)
     m = n if policy == THOMPSON else 0  # Thompson's per-offer arrays, else empty
-    sd, lo, hi = _thompson_setup(z[:m], s[:m], vl[:m])
+    sd, lo, hi = _thompson_setup(z[:m], s[:m])
     cand = np.empty(m, dtype=np.int64)
     work = np.empty((6, m), dtype=np.float64)
-    eps = min(param, 1.0) if param > 0.0 else 0.0
+    eps = _epsilon(param)
     for q in range(r):
         w = -1
         p = 1.0
@@ -528,26 +576,28 @@ def choose(z, s, vl, k, policy, param):
                 u = np.random.random()
                 acc = 0.0
                 last = -1
+                yb = score[b] * scale
                 for i in range(n):
                     if free[i]:
                         last = i
-                        acc += _squarecb_p(score, i, b, scale, gamma, count, p_b)
+                        acc += p_b if i == b else _squarecb_p(yb, score[i] * scale, gamma, count)
                         if u < acc:
                             w = i
                             break
                 if w < 0:
                     w = last  # rounding: u beyond the sum
-                p = _squarecb_p(score, w, b, scale, gamma, count, p_b)
+                p = p_b if w == b else _squarecb_p(yb, score[w] * scale, gamma, count)
         elif policy == RANDOM:
             w = _nth_free(free, _uniform_index(count))
             p = 1.0 / count
         elif policy == THOMPSON:
-            size = _candidates(vl, free, lo, hi, cand)
+            size = _candidates(z, sd, vl, score, free, lo, hi, cand)
             if size == 1:
                 w = cand[0]
             elif size > 1:
                 w = _thompson_draw(z, sd, vl, hi, cand, size)
-                p = min(1.0, max(PROB_FLOOR, _win_prob(w, cand, size, z, sd, vl, lo, hi, work)))
+                p = (min(1.0, max(PROB_FLOOR, _win_prob(w, cand, size, z, sd, vl, lo, hi, work)))
+                     if with_prob else np.nan)
         if w < 0:  # GREEDY, an unknown policy, or a slot that falls back to greedy
             w = _argmax(score, free)
             p = 1.0
@@ -559,56 +609,67 @@ def choose(z, s, vl, k, policy, param):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def slot_distribution(z, s, vl, placed, policy, param):
-    """float64[n]: the probability of each offer to fill the next slot, given the
-    offers already placed (``placed`` bool[n]); 0 for placed and unrankable offers.
-    ``choose``'s ``prob[q]`` is this at ``order[q]`` given ``order[:q]`` placed."""
+def _slot_probs(z, s, vl, placed, policy, param, only):
+    """The next slot's distribution (float64[n]); with ``only >= 0`` just that offer's
+    entry is computed (the others are 0)."""
     n = z.shape[0]
-    score = _greedy_scores(z, vl)
-    free = np.empty(n, dtype=np.bool_)
-    count = 0
-    for i in range(n):
-        free[i] = score[i] == score[i] and not placed[i]
-        count += free[i]
+    score, free, count = _free_offers(z, vl, placed)
     out = np.zeros(n, dtype=np.float64)
     if count == 0:
         return out
     b = _argmax(score, free)
     if policy == EPSILON:
-        eps = min(param, 1.0) if param > 0.0 else 0.0
+        eps = _epsilon(param)
         for i in range(n):
             if free[i]:
                 out[i] = eps / count
         out[b] += 1.0 - eps
         return out
-    if policy == SQUARECB:
-        b, scale, gamma, p_b = _squarecb_setup(score, vl, free, count, param)
-        if b >= 0:
-            for i in range(n):
-                if free[i]:
-                    out[i] = _squarecb_p(score, i, b, scale, gamma, count, p_b)
-            return out
-        b = _argmax(score, free)
-    elif policy == RANDOM:
+    if policy == RANDOM:
         for i in range(n):
             if free[i]:
                 out[i] = 1.0 / count
         return out
+    if policy == SQUARECB:
+        b2, scale, gamma, p_b = _squarecb_setup(score, vl, free, count, param)
+        if b2 >= 0:
+            yb = score[b2] * scale
+            for i in range(n):
+                if free[i]:
+                    out[i] = p_b if i == b2 else _squarecb_p(yb, score[i] * scale, gamma, count)
+            return out
     elif policy == THOMPSON:
-        sd, lo, hi = _thompson_setup(z, s, vl)
+        sd, lo, hi = _thompson_setup(z, s)
         cand = np.empty(n, dtype=np.int64)
         work = np.empty((6, n), dtype=np.float64)
-        size = _candidates(vl, free, lo, hi, cand)
+        size = _candidates(z, sd, vl, score, free, lo, hi, cand)
         if size == 1:
             out[cand[0]] = 1.0
             return out
         if size > 1:
             for c in range(size):
                 w = cand[c]
-                out[w] = min(1.0, max(PROB_FLOOR, _win_prob(w, cand, size, z, sd, vl, lo, hi, work)))
+                if only < 0 or w == only:
+                    out[w] = min(1.0, max(PROB_FLOOR,
+                                          _win_prob(w, cand, size, z, sd, vl, lo, hi, work)))
             return out
-    out[b] = 1.0
+    out[b] = 1.0  # GREEDY, or a slot that falls back to greedy
     return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def slot_distribution(z, s, vl, placed, policy, param):
+    """float64[n]: the probability of each offer to fill the next slot given the offers
+    already placed (``placed`` bool[n]); 0 for placed and unrankable offers (and for
+    Thompson's non-candidates)."""
+    return _slot_probs(z, s, vl, placed, policy, param, -1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def winner_probability(z, s, vl, placed, w, policy, param):
+    """``slot_distribution(...)[w]``, computing only that entry (one integral for
+    Thompson): the probability that offer ``w`` fills the next slot."""
+    return _slot_probs(z, s, vl, placed, policy, param, w)[w]
 
 
 # --------------------------------------------------------------------- references

@@ -173,17 +173,26 @@ class Posterior:
         self.forget(set(zip(group.tolist(), offer.tolist())), now_ms)
         predicted = learn(self.shared_mean, self.shared_prec, self.offer_mean, self.offer_prec,
                           self.catalog.offer_vectors, x, offer, group, y)
+        # the evidence, by (group, offer), vectorised; the recent (prediction, label)
+        # pairs per model, a slice each
+        np.add.at(self.examples, (group, offer), 1)
+        np.add.at(self.positives, (group, offer), y.astype(np.int64))
+        np.add.at(self.feature_sum, (group, offer), x.astype(np.float64))
+        keys = group.astype(np.int64) * self.examples.shape[1] + offer
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        ends = np.r_[starts[1:], keys.shape[0]]
+        pairs_all = np.stack([predicted[order], y[order]], axis=1)
+        n = self.examples.shape[1]
         touched = set()
-        for e, (g, i) in enumerate(zip(group.tolist(), offer.tolist())):
-            self.examples[g, i] += 1
-            self.positives[g, i] += int(y[e])
-            self.feature_sum[g, i] += x[e]
-            recent = self.recent.setdefault((g, i), deque(maxlen=AUC_RECENT))
-            recent.append((predicted[e], y[e]))
+        for lo, hi in zip(starts.tolist(), ends.tolist()):
+            g, i = divmod(int(keys[lo]), n)
             touched.add((g, i))
-        for g, i in touched:
+            recent = self.recent.setdefault((g, i), deque(maxlen=AUC_RECENT))
+            recent.extend(map(tuple, pairs_all[lo:hi].tolist()))
             self.updated_ms[g, i] = now_ms
-            pairs = np.array(self.recent[(g, i)], dtype=np.float64)
+            pairs = np.array(recent, dtype=np.float64)
             labels = pairs[:, 1]
             if labels.sum() >= 10 and (1 - labels).sum() >= 10:
                 self.auc[g, i] = auc_of(pairs[:, 0], labels)
