@@ -57,7 +57,9 @@ class Recorder:
         self.dropped = 0
         self.written = 0
         self._busy = False
-        self._closed = threading.Event()
+        self._closed = False
+        self._sleeping = False  # the writer waits for ``_wake`` (an idle writer costs nothing)
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="decision-records",
                                         daemon=True)
         self._thread.start()
@@ -86,6 +88,9 @@ class Recorder:
             head, d.decided_at_ms, profile_key, owner, d.eligible_count, features.tobytes(),
             ranked.shape[1], ranked.tobytes(),
             b"" if shadow_ranked is None else shadow_ranked.tobytes())))
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.set()
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every record submitted so far is committed."""
@@ -95,13 +100,25 @@ class Recorder:
 
     def close(self) -> None:
         """Commit what is queued, then stop."""
-        self._closed.set()
+        self._closed = True
+        self._wake.set()
         self._thread.join()
 
     def _run(self) -> None:
+        """Sleep until a record comes (no polling: a process that records nothing, or
+        is idle, has no thread waking up beside its requests), then gather for
+        ``FLUSH_S`` and commit what queued up, until the queue is empty again."""
         queue = self._queue
         while True:
-            closing = self._closed.wait(FLUSH_S)
+            if not queue and not self._closed:
+                self._sleeping = True
+                if not queue and not self._closed:  # a record may have come meanwhile
+                    self._wake.wait()
+                self._wake.clear()
+                self._sleeping = False
+            closing = self._closed
+            if not closing:
+                time.sleep(FLUSH_S)  # let a group gather for one commit
             while queue:
                 self._busy = True
                 batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
