@@ -335,9 +335,14 @@ def screenshot(driver, name: str, width: int = 1360, height: int | None = None) 
 
 
 def wait_for(driver, condition, timeout: float = 5.0, what: str = ""):
+    def check(d):
+        try:
+            return condition(d)
+        except AssertionError:  # an element the live stream swapped out this instant
+            return False
+
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.02).until(
-            lambda d: condition(d))
+        return WebDriverWait(driver, timeout, poll_frequency=0.02).until(check)
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what or condition}") from None
 
