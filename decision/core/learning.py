@@ -51,7 +51,8 @@ from decision.config.learning import Learning
 from decision.store.database import ProfileStore
 from decision.store.records import Label, ModelEntry, OutcomeRecord
 from kernels.bayes import auc as auc_of
-from kernels.bayes import fold, learn, prior_from_model
+from kernels.bayes import fold, learn, offer_prior, prior_from_model
+from kernels.scoring import LOGIT_MAX, sigmoid
 
 log = logging.getLogger("decision.core.learning")
 
@@ -103,8 +104,7 @@ class Posterior:
             learning.shared_prior_variance)
         self.shared_prior = self.shared_prec.copy()
         self.offer_prior = 1.0 / learning.prior_variance
-        self.offer_mean = np.zeros((g, n, f + 1))
-        self.offer_prec = np.full((g, n, f + 1), self.offer_prior)
+        self.offer_mean, self.offer_prec = offer_prior(g, n, f, learning.prior_variance)
         self.examples = np.zeros((g, n), dtype=np.int64)
         self.positives = np.zeros((g, n), dtype=np.int64)
         self.updated_ms = np.zeros((g, n), dtype=np.int64)
@@ -450,8 +450,9 @@ class ModelInsight(NamedTuple):
     shared_top_features: tuple[tuple[str, float], ...]
 
 
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-36.0, min(36.0, z))))
+def _propensity(z: float) -> float:
+    """The served propensity of log-odds ``z`` (clamped as the kernels clamp)."""
+    return sigmoid(max(-LOGIT_MAX, min(LOGIT_MAX, z)))
 
 
 def insight(store: ProfileStore, catalog: Catalog, offer_id: str = "", channel: str = "",
@@ -484,8 +485,8 @@ def insight(store: ProfileStore, catalog: Catalog, offer_id: str = "", channel: 
             half = 1.96 * math.sqrt(max(v, 0.0))
             order = np.argsort(-np.abs(weights[g, i]), kind="stable")[:top]
             offers.append(OfferInsight(
-                offer.id, groups[g], n, int(posterior.positives[g, i]), _sigmoid(z),
-                _sigmoid(z - half), _sigmoid(z + half), float(posterior.auc[g, i]),
+                offer.id, groups[g], n, int(posterior.positives[g, i]), _propensity(z),
+                _propensity(z - half), _propensity(z + half), float(posterior.auc[g, i]),
                 int(posterior.auc_examples[g, i]), int(posterior.updated_ms[g, i]),
                 tuple((names[j], float(weights[g, i, j])) for j in order), n == 0))
     d_names = catalog.model.offer_features
