@@ -7,14 +7,23 @@ acknowledged; the stream's throughput comes from group commit (many events per
 transaction). The floor column is the empty-handler server reading the same stream
 (the transport alone: it parses 500-event messages at over a million events/s, so it
 is no bound here).
+
+A durable Track waits on the disk, which the CPU's machine factor does not measure: a
+shared disk can be ten times slower at its p99 for minutes. So Track's floor is the
+disk itself, measured interleaved with the calls (one durable LMDB commit of one small
+value, in the same file system, before each call), and its p99 beyond the quiet day's
+(``DISK_P99_REFERENCE_US``) is added to the budget: the server is held to 2 ms of its
+own, never to the disk's bad minutes.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import grpc
+import lmdb
 import numpy as np
 
 from benchmarks.conftest import ENFORCED, N_CUSTOMERS, enforce, percentiles, record
@@ -23,6 +32,7 @@ from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
 TRACK_P99_BUDGET_US = 2000.0
+DISK_P99_REFERENCE_US = 1500.0  # a durable one-value LMDB commit: p99 1.3-1.5 ms here, 2026-12
 STREAM_RATE_BUDGET = 20_000.0
 STREAM_EVENTS = 60_000
 BATCH = 500  # events per stream message
@@ -58,22 +68,46 @@ def _settle_disk() -> None:
     os.sync()
 
 
-def test_track_latency(benchmark, servers, machine):
+class DiskFloor:
+    """Durable one-value commits to an LMDB of its own beside the server's store: what
+    the disk alone costs a durable write, timed at the moment of each call."""
+
+    def __init__(self, directory: Path):
+        self.env = lmdb.open(str(directory), map_size=1 << 24, sync=True, metasync=True)
+        self.times_ns: list[int] = []
+        self.n = 0
+
+    def commit(self) -> None:
+        self.n += 1
+        started = time.perf_counter_ns()
+        with self.env.begin(write=True) as txn:
+            txn.put(b"k%d" % (self.n % 64), b"v" * 64)
+        self.times_ns.append(time.perf_counter_ns() - started)
+
+
+def test_track_latency(benchmark, servers, bench_data, machine):
     real_addr, _ = servers
     events = _events(3000, seed=1, prefix=f"track-{time.time_ns()}")
+    disk = DiskFloor(bench_data / "disk-floor")
     with grpc.insecure_channel(real_addr) as channel:
         track = pb_grpc.DecisionServiceStub(channel).Track
         for ev in events[:200]:
             track(ev)
         _settle_disk()
         it = iter(events[200:])
-        benchmark.pedantic(lambda: track(next(it)), rounds=2500, iterations=1)
+        benchmark.pedantic(lambda: track(next(it)), setup=disk.commit, rounds=2500,
+                           iterations=1)
+    disk.env.close()
     machine.sample()
     p = percentiles(np.asarray(benchmark.stats.stats.data) * 1e9)
+    floor = percentiles(np.asarray(disk.times_ns, dtype=float))
     name = "Track (durable), one in flight"
-    record(name, "p50", p["p50"], "us")
+    record(name, "p50", p["p50"], "us", floor=floor["p50"])
+    record(name, "disk commit p99 (floor)", floor["p99"], "us")
     enforce(record(name, "p99", p["p99"], "us", kind=ENFORCED, budget=TRACK_P99_BUDGET_US,
-                   machine=machine), detail=p)
+                   machine=machine, floor=floor["p99"],
+                   allowance=max(0.0, floor["p99"] - DISK_P99_REFERENCE_US)),
+            detail={"track": p, "disk": floor})
 
 
 def test_track_stream_throughput(benchmark, servers, machine):
