@@ -461,10 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(run=cmd_restore)
 
     from decision import insight  # models, records
+    from decision.analytics import cli as analytics  # export, report, whatif
     from decision.console.cli import add_parser as add_console
     from decision.simulate import add_parser as add_simulate
 
     insight.add_parsers(sub)
+    analytics.add_parsers(sub)
     add_simulate(sub)
     add_console(sub)
     return parser

@@ -249,7 +249,7 @@ THOMPSON_CANDIDATES = 8  # offers Thompson sampling draws among, per slot (see d
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _optimistic(z, s, vl, m):
+def optimistic_candidates(z, s, vl, m):
     """Positions of the ``m`` offers with the highest optimistic score
     sigmoid(z + 2 sqrt(s)) x vl (ties: lower position), in ascending position."""
     n = z.shape[0]
@@ -289,7 +289,9 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
     slots. Thompson sampling draws among the ``THOMPSON_CANDIDATES + k - 1`` offers with
     the best optimistic scores (log-odds + 2 sd): the cost of its probabilities grows
     with the competitors, and an offer outside them would win a draw rarely; the
-    probabilities returned are exact (to the quadrature's 1e-3) for that procedure. The rest as ``decide_offers``; returns the same triple."""
+    probabilities returned are exact (to the quadrature's 1e-3) for that procedure. The rest as ``decide_offers``; returns its triple and the eligible set
+    (uint8 bit mask by catalog index, bit i & 7 of byte i >> 3): what a replay of the
+    decision under another policy needs (``decision.analytics.whatif``)."""
     (pol_scope, pol_kind, pol_max, pol_window, pol_channels, pol_offers, sorted_sids,
      sid_offer, channel_sids) = policies
     offer_of, program, masks, window, value, weights, bias, rules = visit
@@ -306,6 +308,10 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
     size, eligible = rank_one(code, consts, slots, visit, x, blocked, channel_bit,
                               placement_bit, now, k, best, best_score, best_p, stack, verdict,
                               rows)
+    support = np.zeros((n + 7) // 8, dtype=np.uint8)  # the eligible set, by catalog index
+    for e in range(eligible):
+        i = offer_of[rows[e]]
+        support[i >> 3] |= np.uint8(1 << (i & 7))
     chosen = np.empty(size, dtype=np.int32)  # visit rows
     prob = np.empty(size, dtype=np.float64)
     if policy == EPSILON or policy == RANDOM:
@@ -355,7 +361,7 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
         if policy == THOMPSON and eligible > THOMPSON_CANDIDATES + k - 1:
             # Thompson sampling among the offers with the best optimistic scores (at
             # their log-odds + 2 sd): its probabilities are exact for that procedure
-            keep = _optimistic(z, s, vl, THOMPSON_CANDIDATES + k - 1)
+            keep = optimistic_candidates(z, s, vl, THOMPSON_CANDIDATES + k - 1)
             z, s, vl = z[keep], s[keep], vl[keep]
             for e in range(keep.shape[0]):
                 rows[e] = rows[keep[e]]
@@ -377,7 +383,7 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
         for r in range(n_reasons):
             ranked[q, HEAD + r] = reason_feature[q, r]
             ranked[q, HEAD + n_reasons + r] = reason_weight[q, r]
-    return eligible, ranked, blocked
+    return eligible, ranked, blocked, support
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -31,11 +31,11 @@ from decision.core.prepared import Prepared
 from decision.core.profiles import Profiles, ProfileUpdate
 from decision.core.requests import Identifier, IdentifierCheck
 from decision.core.respond import (
-    DecideQuery, Decision, Responder, unknown_channel, unknown_placement,
+    WARM_UP, DecideQuery, Decision, Responder, unknown_channel, unknown_placement,
 )
 from decision.core.experiments import Planner
 from decision.core.learning import Learner, ModelInsight, Posterior, Served, insight
-from decision.core.recording import Recorder
+from decision.core.recording import Recorder, replay_facts
 from decision.errors import FailedPrecondition, InvalidArgument, NotFound
 from decision.settings import Limits, Settings
 from decision.store.database import ProfileStore
@@ -90,8 +90,9 @@ class Engine:
             listener(catalog)
         prepared = Prepared(catalog)
         if catalog.learning.records:
-            self.store.record_offer_table(catalog.version, [(o.id, o.value, o.lever)
-                                                            for o in catalog.offers])
+            self.store.record_offer_table(
+                catalog.version, [(o.id, o.value, o.lever) for o in catalog.offers],
+                replay_facts(catalog))
             prepared.planner = Planner(prepared, self._served(catalog))
         return prepared
 
@@ -229,7 +230,7 @@ class Engine:
 
     def _warm(self, prepared: Prepared) -> None:
         prepared.catalog.segments.evaluate(ProfileRecord(key=0, features=prepared.zero_features))
-        query = DecideQuery(Identifier("customer_id", "\x00warm-up"), prepared.catalog.channels[0])
+        query = DecideQuery(Identifier("customer_id", WARM_UP), prepared.catalog.channels[0])
         self.responder.decide(prepared, query)
         self.responder.decide_many(prepared, [query])
 

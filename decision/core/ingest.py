@@ -209,7 +209,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
     transaction."""
     triggers = catalog.triggers
     horizons = catalog.policies.horizons
-    learns = catalog.learning.enabled
+    records = catalog.learning.records
 
     def work(txn) -> list[Outcome]:
         records: dict[int, ProfileRecord] = {}
@@ -252,7 +252,7 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
             store.save(txn, record, link=created)
             if ev.event_id:
                 store.record_event(txn, ev.dedupe_key, record.key, now_ms)
-            if ev.outcome is not None and learns:  # the learner reads it (core.learning)
+            if ev.outcome is not None and records:  # the learner and the export read it
                 store.append_outcome(txn, ev.outcome._replace(profile_key=record.key))
             outcomes.append(Outcome(record.key, False))
         return outcomes

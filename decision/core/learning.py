@@ -293,7 +293,7 @@ class Learner:
                 # an experiment without learning still records: keep the retention
                 self.last_cleanup = self.clock()
                 cutoff = int(self.clock() * 1000) - catalog.learning.retention_ms
-                self.store.write(lambda txn: self.store.expire_decisions(txn, cutoff, 10_000))
+                self.store.write(lambda txn: self._expire(txn, cutoff))
             return None
         try:
             learned = self.store.write(lambda txn: self._cycle(txn, catalog))
@@ -367,12 +367,16 @@ class Learner:
             store.put_meta_value(txn, "model_version", [version, now_ms, counts["examples"]])
             self._committing = version
         store.put_meta_value(txn, "learner_state", state)
-        if cursor > 1:
-            store.drop_outcomes(txn, cursor)
         if self.clock() - self.last_cleanup > CLEANUP_EVERY_S:
             self.last_cleanup = self.clock()
-            store.expire_decisions(txn, now_ms - learning.retention_ms, 10_000)
+            self._expire(txn, now_ms - learning.retention_ms)
         return len(examples)
+
+    def _expire(self, txn, cutoff_ms: int) -> None:
+        """The retention: records and outcomes older than ``cutoff_ms`` go (the outcomes
+        log is kept that long, whatever the learner's cursor, for the export)."""
+        self.store.expire_decisions(txn, cutoff_ms, 10_000)
+        self.store.expire_outcomes(txn, cutoff_ms, 10_000)
 
     def _join(self, txn, learning: Learning, record, outcome: OutcomeRecord, counts: dict,
               example) -> None:

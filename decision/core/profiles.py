@@ -145,6 +145,9 @@ class Profiles:
                     store.drop_profile(txn, r.key)
                     store.log_triggers(txn, r, [], r.segments, now_ms)
                     store.move_actions(txn, r.key, survivor.key)
+            if merged:  # attribution follows the customer (decision.analytics.export)
+                store.log_merge(txn, now_ms, survivor.key, [
+                    k for r in records if r.key != survivor.key for k in (r.key, *r.merged_keys)])
             entered, left = refresh_segments(catalog.segments, survivor)
             store.log_triggers(txn, survivor, entered, left, now_ms)
             survivor.updated_at_ms = now_ms
@@ -175,8 +178,12 @@ class Profiles:
             keys = {key, *record.merged_keys}  # records filed under merged profiles too
             # decision records: the profile's, and those decided before it existed, for
             # any of its identifiers
-            store.delete_decisions(txn, [owner_of(k, "") for k in keys] + [
-                owner_of(0, f"{k}\x1f{v}") for k, v in record.identifiers])
+            owners = [owner_of(k, "") for k in keys] + [
+                owner_of(0, f"{k}\x1f{v}") for k, v in record.identifiers]
+            store.delete_decisions(txn, owners)
+            store.erase_outcomes(txn, keys)
+            # the analytical export removes them from its Parquet files at its next run
+            store.log_erasure(txn, int(self.clock() * 1000), sorted(keys), owners)
             return key, removed, store.delete_event_records(txn, keys)
 
         return store.write(work)

@@ -37,6 +37,20 @@ MAX_BATCH = 2048
 FLUSH_S = 0.005  # the writer waits at most this for more records to share a commit
 
 
+def replay_facts(catalog) -> dict:
+    """What a replay of a catalog version's records (``decision whatif``) must find
+    unchanged in a candidate: the feature list the records' vectors follow, and per
+    offer what decides its eligibility (channels, placements, rule, validity), and the
+    contact policies; a digest each."""
+    def digest(*parts) -> str:
+        return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+    return {"features": list(catalog.feature_names),
+            "eligibility": {o.id: digest(o.channels, o.placements, o.rule, o.valid_from,
+                                         o.valid_until) for o in catalog.offers},
+            "policies": digest(tuple(p.describe() for p in catalog.policies.policies))}
+
+
 def owner_of(profile_key: int, unit: str) -> bytes:
     """The 8 bytes a decision is filed under: its profile key, or for a cold start
     0xFF + 7 bytes of a hash of the identifier (``kind \\x1f value``)."""
@@ -65,11 +79,13 @@ class Recorder:
         self._thread.start()
 
     def record(self, decision, plan, profile_key: int, identity: str, channel: str,
-               placement: str, features, shadow_ranked=None) -> None:
+               placement: str, features, shadow_ranked=None, support=None) -> None:
         """Queue the record of ``decision``, decided by ``plan`` (a
         ``decision.core.experiments.Plan``: it keeps the records' head per placement);
         ``features``: the float32 vector the kernel read; ``shadow_ranked``: the shadow
-        arm's ranked rows, or None."""
+        arm's ranked rows, or None; ``support``: the eligible set's bit mask (uint8, by
+        catalog index) when the policy explored, else None (a greedy decision's record
+        cannot be replayed under another policy)."""
         if len(self._queue) >= MAX_QUEUED:
             self.dropped += 1
             if self.dropped % 10_000 == 1:
@@ -87,7 +103,8 @@ class Recorder:
         self._queue.append((d.decision_id, owner, pack_decision_value(
             head, d.decided_at_ms, profile_key, owner, d.eligible_count, features.tobytes(),
             ranked.shape[1], ranked.tobytes(),
-            b"" if shadow_ranked is None else shadow_ranked.tobytes())))
+            b"" if shadow_ranked is None else shadow_ranked.tobytes(),
+            b"" if support is None else support.tobytes())))
         if self._sleeping:
             self._sleeping = False
             self._wake.set()

@@ -38,6 +38,8 @@ from decision.store import layout
 from decision.store.database import ProfileStore
 from decision.store.layout import AttributeValue
 from kernels.decide import HEAD, decide_each, decide_explore, decide_offers
+
+WARM_UP = "\x00warm-up"  # the customer of the engine's warm-up decisions: never recorded
 from kernels.eligibility import eligible_mask
 
 _random_bits = random.getrandbits  # decision ids must be unique, not secret (os.urandom: 1 us)
@@ -307,8 +309,8 @@ class Responder:
             verdict = active.no_verdicts.copy()
         else:
             verdict = kept[VERDICTS].copy()
-        eligible, ranked, _ = self._run(active, plan, slots, x, channel_bit, placement_bit, now,
-                                        k, contacts, verdict)
+        eligible, ranked, support = self._run(active, plan, slots, x, channel_bit,
+                                              placement_bit, now, k, contacts, verdict)
         if kept is not None and kept[VERDICTS] is None:
             active.tails.keep_verdicts(
                 key, kept, np.where(active.profile_only, verdict, -1).astype(np.int8))
@@ -316,29 +318,32 @@ class Responder:
             ranked = ranked[:0]
         decision = self.answer(active, channel, now, buf is None, zone, eligible, ranked, (),
                                0, plan)
-        if self.recorder is not None:
+        if self.recorder is not None and query.customer.value != WARM_UP:
             shadow = plan.shadow
             shadow_ranked = None if shadow is None else self._run(
                 active, shadow, slots, x, channel_bit, placement_bit, now, k, contacts,
                 verdict)[1]
             self.recorder.record(decision, plan, key or 0, identity, channel, query.placement,
-                                 x, shadow_ranked)
+                                 x, shadow_ranked, support)
         return decision
 
     @staticmethod
     def _run(active: Prepared, plan: Plan, slots, x, channel_bit, placement_bit, now, k,
              contacts, verdict):
         """The kernel a plan calls for: ``decide_offers`` when greedy, else
-        ``decide_explore``; (eligible, ranked, blocked)."""
+        ``decide_explore``; (eligible count, ranked, eligible set: the exploring kernel's
+        bit mask, None when greedy)."""
         catalog = active.catalog
         if plan.greedy:
-            return decide_offers(catalog.code, catalog.consts, slots, plan.visit, x, channel_bit,
-                                 placement_bit, now, k, N_FEATURE_REASONS, contacts,
-                                 active.policies, verdict)
-        return decide_explore(catalog.code, catalog.consts, slots, plan.visit, x, channel_bit,
-                              placement_bit, now, k, N_FEATURE_REASONS, contacts,
-                              active.policies, verdict, plan.var_w, plan.var_b, plan.code,
-                              plan.param)
+            eligible, ranked, _ = decide_offers(
+                catalog.code, catalog.consts, slots, plan.visit, x, channel_bit, placement_bit,
+                now, k, N_FEATURE_REASONS, contacts, active.policies, verdict)
+            return eligible, ranked, None
+        eligible, ranked, _, support = decide_explore(
+            catalog.code, catalog.consts, slots, plan.visit, x, channel_bit, placement_bit, now,
+            k, N_FEATURE_REASONS, contacts, active.policies, verdict, plan.var_w, plan.var_b,
+            plan.code, plan.param)
+        return eligible, ranked, support
 
     @staticmethod
     def answer(active: Prepared, channel: str, now: float, cold: bool, zone,

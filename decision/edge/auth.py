@@ -56,6 +56,7 @@ METHOD_ROLE = {
     "RunCampaign": "admin",
     "GetModel": "decide",
     "GetDecisionRecords": "admin",  # customers' features: an auditor's or an analyst's
+    "GetReport": "admin",  # an analyst's: every channel's and arm's figures
 }
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

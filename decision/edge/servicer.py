@@ -9,9 +9,11 @@ so).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -151,6 +153,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def ForgetCustomer(self, request: pb.ForgetCustomerRequest,
                        context) -> pb.ForgetCustomerResponse:
         key, identifiers, events = self.engine.forget(wire.identifier(request.customer))
+        forget_in_export(self.engine.store, self.engine.settings.data_dir / "exports")
         return pb.ForgetCustomerResponse(profile_key=f"{key:016x}",
                                          identifiers_removed=identifiers,
                                          events_removed=events)
@@ -237,6 +240,34 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         except Exception as exc:
             self.gate.fail_stream("GetDecisionRecords", exc, started, client, context)
 
+    def GetReport(self, request: pb.ReportRequest, context) -> pb.ReportReply:
+        """``decision report`` over the server's own export, brought up to date first."""
+        from decision.analytics import report as rep
+        from decision.analytics.export import ExportError, export
+
+        now_ms = int(time.time() * 1000)
+        query = rep.ReportRequest(
+            request.from_ms, request.to_ms or now_ms + 1,
+            tuple(request.dimensions) or rep.DIMENSIONS,
+            request.lookback_ms or rep.ReportRequest.lookback_ms,
+            request.half_life_ms or rep.ReportRequest.half_life_ms,
+            request.label or "click", request.attribution)
+        try:
+            rep.check(query)
+            directory = self.engine.settings.data_dir / "exports"
+            export(self.engine.store, directory)
+            out = rep.report(directory, query)
+        except ExportError as exc:
+            raise InvalidArgument(str(exc)) from None
+        charts = {}
+        if request.charts:
+            from decision.analytics.charts import write_all
+
+            with tempfile.TemporaryDirectory() as tmp:
+                charts = {name: path.read_bytes()
+                          for name, path in write_all(out, Path(tmp)).items()}
+        return pb.ReportReply(json=json.dumps(out), charts=charts)
+
     def ReloadCatalog(self, request: pb.ReloadCatalogRequest, context) -> pb.CatalogInfo:
         """A catalog that fails keeps the old one serving. The client's message names
         the catalog file (and the store) by name only, not where the server keeps them;
@@ -249,6 +280,17 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             raise type(exc)(without_paths(str(exc), settings.catalog_path,
                                           settings.data_dir)) from None
 
+
+def forget_in_export(store, directory: Path) -> None:
+    """The Parquet export the server manages forgets an erased customer too, before
+    ``ForgetCustomer`` answers (``decision.analytics.export``); without an export, the
+    erasure's note to it is dropped at once."""
+    if (directory / "state.json").exists():
+        from decision.analytics.export import apply_erasures
+
+        apply_erasures(store, directory)
+    else:
+        store.drop_erasures([entry for entry, _, _ in store.pending_erasures()])
 
 
 def without_paths(message: str, *paths) -> str:

@@ -49,6 +49,7 @@ needs no transaction open in the process, so every transaction passes a ``_MapGa
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -534,16 +535,27 @@ class ProfileStore:
             put(key, value, db=decisions)
             put(who + key, b"", db=owners)
 
-    def record_offer_table(self, version: str, offers: list[tuple[str, float, float]]) -> None:
+    def record_offer_table(self, version: str, offers: list[tuple[str, float, float]],
+                           facts: dict | None = None) -> None:
         """Keep a catalog version's (offer id, value, lever) table: records name offers
-        by their index in it (written once per version)."""
+        by their index in it (written once per version); and ``facts``, what a replay
+        of its records must hold equal (``catalog_facts``)."""
         key = f"offers\x1f{version}".encode()
 
         def work(txn):
             if txn.get(key, db=self.meta_db) is None:
                 txn.put(key, msgpack.packb([list(o) for o in offers]), db=self.meta_db)
+                if facts is not None:
+                    txn.put(f"catalog\x1f{version}".encode(), msgpack.packb(facts),
+                            db=self.meta_db)
 
         self.write(work)
+
+    def catalog_facts(self, version: str) -> dict | None:
+        """The facts ``record_offer_table`` kept for a catalog version (None: none)."""
+        with self.reader() as r:
+            raw = r._txn.get(f"catalog\x1f{version}".encode(), db=self.meta_db)
+            return None if raw is None else msgpack.unpackb(raw)
 
     def _offer_table(self, txn: lmdb.Transaction):
         """A lookup of catalog version -> offer table, cached (tables never change)."""
@@ -584,6 +596,30 @@ class ProfileStore:
                         out.append(unpack_decision(bytes(k).decode(), v,
                                                    self._offer_table(r._txn)))
         return out
+
+    def decision_values(self, from_ms: int, to_ms: int, after: bytes = b"",
+                        limit: int = 100_000) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` raw (id, value) of the records decided in [from_ms, to_ms)
+        whose id sorts after ``after`` (paging), oldest first; erased ones left out.
+        For the analytical export, which decodes them in bulk."""
+        out = []
+        with self.reader() as r:
+            c = r._txn.cursor(db=self.decisions_db)
+            start = max(f"{max(0, from_ms) & 0xFFFFFFFFFFFF:012x}".encode(), after + b"\x00")
+            if c.set_range(start):
+                end = f"{max(0, to_ms) & 0xFFFFFFFFFFFF:012x}".encode()
+                for k, v in c:
+                    k = bytes(k)
+                    if k[:12] >= end or len(out) >= limit:
+                        break
+                    if v:
+                        out.append((k, bytes(v)))
+        return out
+
+    def offer_table(self, version: str) -> list | None:
+        """A catalog version's decision-record offer table (see ``record_offer_table``)."""
+        with self.reader() as r:
+            return self._offer_table(r._txn)(version)
 
     def delete_decisions(self, txn: lmdb.Transaction, owners: list[bytes]) -> int:
         """Erase the decision records filed under ``owners``; return how many. Each
@@ -641,11 +677,88 @@ class ProfileStore:
                     break
         return out
 
-    def drop_outcomes(self, txn: lmdb.Transaction, before: int) -> None:
-        """Delete the outcomes log below cursor ``before`` (learned from)."""
+    def expire_outcomes(self, txn: lmdb.Transaction, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest outcomes while they happened before
+        ``before_ms`` (the log is kept for the records' retention: the learner and the
+        analytical export read it by cursor)."""
         c = txn.cursor(db=self.outcomes_db)
-        while c.first() and int.from_bytes(c.key(), "big") < before:
+        removed = 0
+        while removed < limit and c.first() and unpack_outcome(c.value()).at_ms < before_ms:
             c.delete()
+            removed += 1
+        return removed
+
+    def erase_outcomes(self, txn: lmdb.Transaction, keys: set[int]) -> int:
+        """Delete the outcomes of the profiles ``keys`` (``ForgetCustomer``): a scan of
+        the log, which the retention bounds."""
+        doomed = [bytes(k) for k, v in txn.cursor(db=self.outcomes_db)
+                  if unpack_outcome(v).profile_key in keys]
+        for k in doomed:
+            txn.delete(k, db=self.outcomes_db)
+        return len(doomed)
+
+    # ------------------------------------------------------------- merges, erasures
+    # Two logs in ``meta`` for the analytical export (``decision.analytics.export``):
+    # which profile keys a merge folded into which survivor (attribution follows the
+    # customer across identities), and the erasures the export has still to apply to
+    # the Parquet files it manages (each entry is deleted once applied, so nothing of
+    # the customer stays). Keys: prefix + at ms (8 bytes) + 8 distinguishing bytes;
+    # values: msgpack.
+    _MERGES, _ERASURES = b"merge\x1f", b"erased\x1f"
+
+    def log_merge(self, txn: lmdb.Transaction, at_ms: int, survivor: int,
+                  merged: list[int]) -> None:
+        """Record that the profiles ``merged`` are now ``survivor`` (in the merge's
+        transaction)."""
+        txn.put(self._MERGES + at_ms.to_bytes(8, "big") + profile_key_bytes(survivor),
+                msgpack.packb(sorted(merged)), db=self.meta_db)
+
+    def log_erasure(self, txn: lmdb.Transaction, at_ms: int, keys: list[int],
+                    owners: list[bytes]) -> None:
+        """Record an erasure's profile keys and record owners for the export to apply
+        (in the erasure's transaction), and remove the erased keys from the merge log."""
+        c = txn.cursor(db=self.meta_db)
+        doomed = []
+        if c.set_range(self._MERGES):
+            for k, v in c:
+                k = bytes(k)
+                if not k.startswith(self._MERGES):
+                    break
+                survivor = int.from_bytes(k[-8:], "big")
+                if survivor in keys or set(msgpack.unpackb(v)) & set(keys):
+                    doomed.append(k)
+        for k in doomed:
+            txn.delete(k, db=self.meta_db)
+        txn.put(self._ERASURES + at_ms.to_bytes(8, "big") + os.urandom(8),
+                msgpack.packb([sorted(keys), sorted(owners)]), db=self.meta_db)
+
+    def _log(self, prefix: bytes, since_ms: int) -> list[tuple[int, bytes, object]]:
+        out = []
+        with self.reader() as r:
+            c = r._txn.cursor(db=self.meta_db)
+            if c.set_range(prefix + max(0, since_ms).to_bytes(8, "big")):
+                for k, v in c:
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    at = int.from_bytes(k[len(prefix):len(prefix) + 8], "big")
+                    out.append((at, k[len(prefix) + 8:], msgpack.unpackb(v)))
+        return out
+
+    def merges_since(self, since_ms: int) -> list[tuple[int, int, list[int]]]:
+        """(at ms, survivor, merged keys) of the merges at or after ``since_ms``."""
+        return [(at, int.from_bytes(tail, "big"), merged)
+                for at, tail, merged in self._log(self._MERGES, since_ms)]
+
+    def pending_erasures(self) -> list[tuple[bytes, list[int], list[bytes]]]:
+        """(entry, profile keys, owners) of the erasures the export has not applied yet."""
+        return [(at.to_bytes(8, "big") + tail, keys, owners) for at, tail, (keys, owners) in
+                self._log(self._ERASURES, 0)]
+
+    def drop_erasures(self, entries: list[bytes]) -> None:
+        """Forget the erasures the export applied (nothing of the customer remains)."""
+        self.write(lambda txn: [txn.delete(self._ERASURES + e, db=self.meta_db)
+                                for e in entries])
 
     # ------------------------------------------------------------- labels
     def label(self, txn: lmdb.Transaction, decision_id: str, offer_id: str) -> Label | None:

@@ -20,6 +20,7 @@ import struct
 from typing import NamedTuple
 
 import msgpack
+import numpy as np
 
 SEGMENT_ENTER, SEGMENT_LEAVE, EVENT, ACTION = "segment_enter", "segment_leave", "event", "action"
 
@@ -118,6 +119,7 @@ class DecisionRecord(NamedTuple):
     shadow_arm: str = ""
     shadow_offers: tuple[RecordedOffer, ...] = ()
     owner: bytes = b""  # the 8 bytes it is filed under for erasure (``decision_owner``)
+    support: bytes = b""  # the eligible set's bit mask when the policy explored
 
     def offer(self, offer_id: str) -> RecordedOffer | None:
         for o in self.offers:
@@ -134,7 +136,9 @@ class DecisionRecord(NamedTuple):
 #   experiment, arm, policy, shadow arm] | "<qQ8sIHHHH": decided ms, profile key, owner,
 #   eligible, features F, offers r, shadow offers s, row width w | float32[F] features |
 #   float64[r, w] the kernel's ranked rows as they are (offer index, score, propensity,
-#   probability, then the reasons) | float64[s, w] the shadow arm's
+#   probability, then the reasons) | float64[s, w] the shadow arm's | the rest: the
+#   eligible set as a bit mask over the catalog's offers (bit i & 7 of byte i >> 3),
+#   written when the policy explored (what a what-if replay needs), else empty
 #
 # Offer indices are those of the record's catalog version, whose (id, value, lever)
 # table the store keeps (``ProfileStore.record_offer_table``).
@@ -151,13 +155,15 @@ def pack_decision_head(channel: str, placement: str, catalog_version: str,
 
 def pack_decision_value(head: bytes, decided_ms: int, profile_key: int, owner: bytes,
                         eligible: int, features: bytes, width: int, ranked: bytes,
-                        shadow: bytes) -> bytes:
+                        shadow: bytes, support: bytes = b"") -> bytes:
     """A record's value: ``head`` from ``pack_decision_head``, ``features`` float32 bytes,
-    ``ranked`` / ``shadow`` float64[r, width] bytes."""
+    ``ranked`` / ``shadow`` float64[r, width] bytes, ``support`` the eligible set's bit
+    mask (or empty)."""
     row = 8 * width
     return b"".join((head, _FIXED.pack(decided_ms, profile_key, owner, eligible,
                                        len(features) // 4, len(ranked) // row,
-                                       len(shadow) // row, width), features, ranked, shadow))
+                                       len(shadow) // row, width), features, ranked, shadow,
+                     support))
 
 
 def decision_owner(value) -> bytes:
@@ -191,7 +197,8 @@ def unpack_decision(decision_id: str, value, offer_table) -> DecisionRecord:
 
     return DecisionRecord(decision_id, decided_ms, key, channel, placement, catalog_version,
                           model_version, experiment, arm, policy, features, offers(at, r),
-                          eligible, shadow_arm, offers(at + 8 * width * r, s), owner)
+                          eligible, shadow_arm, offers(at + 8 * width * r, s), owner,
+                          value[at + 8 * width * (r + s):])
 
 
 class OutcomeRecord(NamedTuple):
@@ -255,3 +262,45 @@ def pack_model(entry: ModelEntry) -> bytes:
 
 def unpack_model(value) -> ModelEntry:
     return ModelEntry(*msgpack.unpackb(value))
+
+
+def decision_columns(page: list[tuple[bytes, bytes]], offer_table) -> tuple[dict, dict]:
+    """Raw (id, value) records as columns, for the analytical export
+    (``decision.analytics.export``): the decisions' (their features as one (offsets,
+    float32 values) pair under ``features``), and one row per offer shown."""
+    heads: dict[bytes, list] = {}
+    d = {n: [] for n in ("decision_id", "decided_ms", "profile_key", "owner", "channel",
+                         "placement", "catalog_version", "model_version", "experiment",
+                         "arm", "policy", "shadow_arm", "eligible", "shown", "support")}
+    s = {n: [] for n in ("decision_id", "owner", "offer_id", "offer_index", "rank", "score",
+                         "propensity", "probability", "value", "lever")}
+    features, offsets = [], [0]
+    unpack = _FIXED.unpack_from
+    for key, value in page:
+        n = int.from_bytes(value[:2], "little")
+        raw = value[2:2 + n]
+        head = heads.get(raw)
+        if head is None:
+            head = heads[raw] = msgpack.unpackb(raw)
+        at = 2 + n
+        decided_ms, profile_key, owner, eligible, f, r, sh, width = unpack(value, at)
+        at += _FIXED.size
+        decision_id = key.decode()
+        who = int.from_bytes(owner, "big")
+        for name, x in zip(d, (decision_id, decided_ms, profile_key, who, *head, eligible, r,
+                               value[at + 4 * f + 8 * width * (r + sh):])):
+            d[name].append(x)
+        features.append(value[at:at + 4 * f])
+        offsets.append(offsets[-1] + f)
+        if r:
+            rows = struct.unpack_from(f"<{width * r}d", value, at + 4 * f)
+            table = offer_table(head[2]) or []
+            for q in range(r):
+                i = int(rows[width * q])
+                oid, v, lever = table[i] if i < len(table) else ("", 0.0, 0.0)
+                for name, x in zip(s, (decision_id, who, oid, i, q + 1, rows[width * q + 1],
+                                       rows[width * q + 2], rows[width * q + 3], v, lever)):
+                    s[name].append(x)
+    d["features"] = (np.asarray(offsets, dtype=np.int32),
+                     np.frombuffer(b"".join(features), dtype="<f4"))
+    return d, s

@@ -571,3 +571,38 @@ class DecisionRecord(_message.Message):
     shadow_arm: str
     shadow_offers: _containers.RepeatedCompositeFieldContainer[RecordedOffer]
     def __init__(self, decision_id: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., profile_key: _Optional[str] = ..., channel: _Optional[str] = ..., placement: _Optional[str] = ..., catalog_version: _Optional[str] = ..., model_version: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., policy: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., feature_names: _Optional[_Iterable[str]] = ..., offers: _Optional[_Iterable[_Union[RecordedOffer, _Mapping]]] = ..., eligible_count: _Optional[int] = ..., shadow_arm: _Optional[str] = ..., shadow_offers: _Optional[_Iterable[_Union[RecordedOffer, _Mapping]]] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("from_ms", "to_ms", "dimensions", "lookback_ms", "half_life_ms", "label", "attribution", "charts")
+    FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    TO_MS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_MS_FIELD_NUMBER: _ClassVar[int]
+    HALF_LIFE_MS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    CHARTS_FIELD_NUMBER: _ClassVar[int]
+    from_ms: int
+    to_ms: int
+    dimensions: _containers.RepeatedScalarFieldContainer[str]
+    lookback_ms: int
+    half_life_ms: int
+    label: str
+    attribution: bool
+    charts: bool
+    def __init__(self, from_ms: _Optional[int] = ..., to_ms: _Optional[int] = ..., dimensions: _Optional[_Iterable[str]] = ..., lookback_ms: _Optional[int] = ..., half_life_ms: _Optional[int] = ..., label: _Optional[str] = ..., attribution: _Optional[bool] = ..., charts: _Optional[bool] = ...) -> None: ...
+
+class ReportReply(_message.Message):
+    __slots__ = ("json", "charts")
+    class ChartsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    CHARTS_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    charts: _containers.ScalarMap[str, bytes]
+    def __init__(self, json: _Optional[str] = ..., charts: _Optional[_Mapping[str, bytes]] = ...) -> None: ...

@@ -109,6 +109,11 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.DecisionRecordsRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.DecisionRecord.FromString,
                 _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/decision.v1.DecisionService/GetReport',
+                request_serializer=decision_dot_v1_dot_decision__pb2.ReportRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.ReportReply.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -267,6 +272,15 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReport(self, request, context):
+        """What the decisions of [from_ms, to_ms) earned (decision report): the server
+        brings its Parquet export (DATA_DIR/exports) up to date and reads it with DuckDB.
+        INVALID_ARGUMENT for an empty or inverted range or an unknown dimension.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -339,6 +353,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.GetDecisionRecords,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.DecisionRecordsRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.DecisionRecord.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.ReportRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.ReportReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -724,6 +743,33 @@ class DecisionService:
             '/decision.v1.DecisionService/GetDecisionRecords',
             decision_dot_v1_dot_decision__pb2.DecisionRecordsRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/GetReport',
+            decision_dot_v1_dot_decision__pb2.ReportRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.ReportReply.FromString,
             options,
             channel_credentials,
             insecure,
