@@ -95,12 +95,12 @@ def _logged(con, request: WhatIfRequest) -> dict:
     from_ms, to_ms = request.from_ms, request.to_ms
     total, replayable = con.execute(f"""
         SELECT count(*), count(*) FILTER (WHERE octet_length(support) > 0)
-        FROM decisions WHERE decided_ms >= {from_ms} AND decided_ms < {to_ms}""").fetchone()
+        FROM decisions WHERE decided_ms >= {from_ms} AND decided_ms < {to_ms}""").fetchall()[0]
     reward = {"click": "count(*) FILTER (WHERE o.kind = 'click') > 0",
               "conversion": "count(*) FILTER (WHERE o.kind = 'conversion') > 0",
               "revenue": "coalesce(sum(o.revenue) FILTER (WHERE o.kind = 'conversion'), 0)"
               }[request.reward]
-    rows = con.execute(f"""
+    rows = con.sql(f"""
         WITH first AS (
             SELECT d.decision_id, d.profile_key, d.channel, d.catalog_version, d.features,
                    d.support, s.offer_index, s.offer_id, s.probability
@@ -112,8 +112,31 @@ def _logged(con, request: WhatIfRequest) -> dict:
                 ON o.decision_id = f.decision_id AND o.offer_id = f.offer_id
               GROUP BY f.decision_id)
         SELECT f.*, r.reward FROM first f JOIN r USING (decision_id)
-        ORDER BY f.decision_id""").fetchnumpy()
-    return {"total": int(total), "replayable": int(replayable), "rows": rows}
+        ORDER BY f.decision_id""").to_arrow_table()
+    return {"total": int(total), "replayable": int(replayable), "rows": _columns(rows)}
+
+
+def _columns(table) -> dict[str, np.ndarray]:
+    """Arrow columns as numpy: the features as one float32 matrix per row (a catalog
+    version's vectors all have its feature count; rows of another length are padded
+    out by ``_eligible``'s check), the support masks as bytes objects."""
+    out = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if name == "features":
+            lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            f = int(lengths.max()) if len(lengths) else 0
+            if len(lengths) and (lengths == f).all():
+                out[name] = values.reshape(-1, f)
+            else:
+                out[name] = np.array([np.asarray(v, dtype=np.float32) for v in
+                                      column.to_pylist()], dtype=object)
+        elif name == "support":
+            out[name] = np.array(column.to_pylist(), dtype=object)
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
 
 
 def whatif(directory: Path, candidate: Catalog, store, request: WhatIfRequest) -> dict:
@@ -177,22 +200,28 @@ def _replay(candidate: Catalog, store, rows: dict, tables: dict[str, list[str]])
     visit_row[prepared.visit[0]] = np.arange(len(candidate.offers), dtype=np.int32)
     n = len(rows["decision_id"])
     target_p, q_logged, q_target = np.zeros(n), np.zeros(n), np.zeros(n)
-    groups: dict[int, list[int]] = {}
+    groups: dict[int, list[np.ndarray]] = {}
     plans = []
-    for i in range(n):
-        channel = str(rows["channel"][i])
+    pairs, inverse = np.unique(np.stack([rows["channel"].astype(str),
+                                         rows["profile_key"].astype(str)]), axis=1,
+                               return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(pairs.shape[1] + 1))
+    for u in range(pairs.shape[1]):  # one plan per customer and channel
+        channel, key = pairs[0, u], int(pairs[1, u])
         if channel not in candidate.channels:
             continue  # the candidate does not serve it: it shows nothing there
-        plan = planner.plan(channel, f"{int(rows['profile_key'][i]):016x}")
+        plan = planner.plan(channel, f"{key:016x}")
         if plan.empty:
             continue
-        groups.setdefault(id(plan), []).append(i)
+        groups.setdefault(id(plan), []).append(order[bounds[u]:bounds[u + 1]])
         plans.append(plan)
     versions = rows["catalog_version"]
     by_id = {id(p): p for p in plans}
     for pid, members in groups.items():
         plan = by_id[pid]
-        members = np.asarray(members)
+        members = np.sort(np.concatenate(members))
         members = members[np.argsort(versions[members], kind="stable")]
         g = candidate.learning.group_of(str(rows["channel"][members[0]]))
         q_visit = served.visits[g]
@@ -211,7 +240,9 @@ def _eligible(rows: dict, members: np.ndarray, tables: dict[str, list[str]],
     catalog order, CSR), and the position of each logged first offer among them (-1:
     not an offer of the candidate). Vectorised per catalog version; ``members`` must
     list each version's decisions together."""
-    x = np.stack(rows["features"][members]).astype(np.float32)
+    features = rows["features"]
+    x = np.ascontiguousarray(features[members] if features.dtype != object
+                             else np.stack(features[members]), dtype=np.float32)
     indptr = [np.zeros(1, dtype=np.int64)]
     elig, logged = [], []
     versions = rows["catalog_version"][members]
