@@ -309,9 +309,14 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
                               placement_bit, now, k, best, best_score, best_p, stack, verdict,
                               rows)
     support = np.zeros((n + 7) // 8, dtype=np.uint8)  # the eligible set, by catalog index
-    for e in range(eligible):
-        i = offer_of[rows[e]]
-        support[i >> 3] |= np.uint8(1 << (i & 7))
+    if eligible == n:  # every offer (no rule, scope or policy left one out)
+        support[:] = 255
+        if n & 7:
+            support[-1] = np.uint8((1 << (n & 7)) - 1)
+    else:
+        for e in range(eligible):
+            i = offer_of[rows[e]]
+            support[i >> 3] |= np.uint8(1 << (i & 7))
     chosen = np.empty(size, dtype=np.int32)  # visit rows
     prob = np.empty(size, dtype=np.float64)
     if policy == EPSILON or policy == RANDOM:
