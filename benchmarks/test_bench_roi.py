@@ -112,7 +112,8 @@ def whatif_data(tmp_path_factory):
     0.3 logging), a store without learned models (the candidate's prior serves)."""
     root = tmp_path_factory.mktemp("whatif")
     catalog_path = root / "catalog.toml"
-    catalog_path.write_text(simulation_catalog(8, 1))
+    catalog_path.write_text(simulation_catalog(8, 1, explore={
+        "web": {"policy": "epsilon", "epsilon": 0.3}}))
     catalog = load_catalog(catalog_path)
     store = ProfileStore(root / "store")
     d = root / "store" / "exports"

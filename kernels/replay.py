@@ -14,14 +14,14 @@ candidate (for the doubly robust estimator). No I/O.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from kernels.decide import THOMPSON_CANDIDATES, optimistic_candidates
 from kernels.explore import THOMPSON, slot_distribution
 from kernels.scoring import logit_of, sigmoid
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy")
 def replay_first_slot(x, indptr, rows, logged, weights, bias, value, var_w, var_b, policy,
                       param, q_weights, q_bias):
     """Per decision i: its eligible offers are ``rows[indptr[i]:indptr[i + 1]]`` (visit
@@ -34,7 +34,7 @@ def replay_first_slot(x, indptr, rows, logged, weights, bias, value, var_w, var_
     target_p = np.zeros(n)
     q_logged = np.zeros(n)
     q_target = np.zeros(n)
-    for i in range(n):
+    for i in prange(n):  # decisions are independent: every core replays its share
         lo, hi = indptr[i], indptr[i + 1]
         m = hi - lo
         if m == 0:

@@ -202,14 +202,15 @@ def _replay(candidate: Catalog, store, rows: dict, tables: dict[str, list[str]])
     target_p, q_logged, q_target = np.zeros(n), np.zeros(n), np.zeros(n)
     groups: dict[int, list[np.ndarray]] = {}
     plans = []
-    pairs, inverse = np.unique(np.stack([rows["channel"].astype(str),
-                                         rows["profile_key"].astype(str)]), axis=1,
-                               return_inverse=True)
-    inverse = inverse.ravel()
+    channels, channel_code = np.unique(rows["channel"].astype(str), return_inverse=True)
+    pair = channel_code.astype(np.uint64) << np.uint64(48) | rows["profile_key"].astype(
+        np.uint64)  # profile keys are far below 2^48
+    pairs, inverse = np.unique(pair, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(pairs.shape[1] + 1))
-    for u in range(pairs.shape[1]):  # one plan per customer and channel
-        channel, key = pairs[0, u], int(pairs[1, u])
+    bounds = np.searchsorted(inverse[order], np.arange(pairs.shape[0] + 1))
+    for u in range(pairs.shape[0]):  # one plan per customer and channel
+        channel = str(channels[int(pairs[u] >> np.uint64(48))])
+        key = int(pairs[u] & np.uint64((1 << 48) - 1))
         if channel not in candidate.channels:
             continue  # the candidate does not serve it: it shows nothing there
         plan = planner.plan(channel, f"{key:016x}")
@@ -226,12 +227,19 @@ def _replay(candidate: Catalog, store, rows: dict, tables: dict[str, list[str]])
         g = candidate.learning.group_of(str(rows["channel"][members[0]]))
         q_visit = served.visits[g]
         x, indptr, elig, logged = _eligible(rows, members, tables, index, visit_row)
-        value = np.asarray(plan.visit[4])
-        t, ql, qt = replay_first_slot(x, indptr, elig, logged, plan.visit[5], plan.visit[6],
-                                      value, plan.var_w, plan.var_b, plan.code, plan.param,
-                                      q_visit[5], q_visit[6])
+        t, ql, qt = replay_first_slot(
+            x, indptr, elig, logged, *_typed(plan.visit[5], plan.visit[6], plan.visit[4],
+                                              plan.var_w, plan.var_b),
+            int(plan.code), float(plan.param), *_typed(q_visit[5], q_visit[6]))
         target_p[members], q_logged[members], q_target[members] = t, ql, qt
     return target_p, q_logged, q_target
+
+
+def _typed(*arrays) -> list[np.ndarray]:
+    """Writable float copies of a plan's arrays: one compiled signature of the replay
+    kernel for every plan (served arrays are read-only, another numba type)."""
+    return [np.array(a, dtype=np.float32 if a.ndim == 2 and a.dtype == np.float32
+                     else np.float64) for a in arrays]
 
 
 def _eligible(rows: dict, members: np.ndarray, tables: dict[str, list[str]],
