@@ -205,15 +205,14 @@ def test_markov_self_loops_are_kept():
 # --- shapley --------------------------------------------------------------------------------
 
 def test_shapley_two_players_by_hand():
-    # paths by set of keys:
-    #   {web}:        2 paths (customers 1, 2), 1 converts with revenue 40 -> v = 1/2, v_rev = 20
-    #   {email}:      4 paths (customers 3..6), 1 converts with revenue 40 -> v = 1/4, v_rev = 10
-    #   {web, email}: 2 paths (7, 8), both convert, revenue 30 each -> v = 1, v_rev = 30
-    # phi(web)   = 1/2 (v(web) - 0) + 1/2 (v(web,email) - v(email)) = 1/4 + 3/8 = 5/8
-    # phi(email) = 1/2 (v(email) - 0) + 1/2 (v(web,email) - v(web)) = 1/8 + 1/4 = 3/8
-    # times 4 attributed conversions: web 2.5, email 1.5
-    # revenue: phi(web) = 1/2 * 20 + 1/2 * (30 - 10) = 20, phi(email) = 1/2 * 10 + 1/2 *
-    # (30 - 20) = 10: shares 2/3, 1/3 of the 140 attributed: 280/3, 140/3
+    # paths by set of keys (v(S): the conversions of the paths within S):
+    #   {web}:        2 paths (customers 1, 2), 1 converts with revenue 40
+    #   {email}:      4 paths (customers 3..6), 1 converts with revenue 40
+    #   {web, email}: 2 paths (7, 8), both convert, revenue 30 each
+    # v(web) = 1, v(email) = 1, v(web, email) = 1 + 1 + 2 = 4
+    # phi(web)   = 1/2 (v(web) - 0) + 1/2 (v(web,email) - v(email)) = 1/2 + 3/2 = 2
+    # phi(email) = 1/2 (v(email) - 0) + 1/2 (v(web,email) - v(web)) = 1/2 + 3/2 = 2
+    # revenue: v(web) = 40, v(email) = 40, v(both) = 140: 1/2 * 40 + 1/2 * 100 = 70 each
     touches = [(1, 0, "web", "o"), (2, 0, "web", "o"),
                *[(customer, 0, "email", "o") for customer in (3, 4, 5, 6)],
                (7, 0, "web", "o"), (7, 1, "email", "o"),
@@ -221,14 +220,14 @@ def test_shapley_two_players_by_hand():
     con = make_con(touches, [(1, 5, 40.0), (3, 5, 40.0), (7, 5, 30.0), (8, 5, 30.0)])
     r = attribute(con, "t", "c", lookback_ms=100, half_life_ms=10)
     assert (r["attributed"], r["converting_paths"], r["non_converting_paths"]) == (4, 4, 4)
-    assert_credits(r, "shapley", {"web": 2.5, "email": 1.5})
-    assert_credits(r, "shapley", {"web": 280 / 3, "email": 140 / 3}, "revenue")
+    assert_credits(r, "shapley", {"web": 2, "email": 2})
+    assert_credits(r, "shapley", {"web": 70, "email": 70}, "revenue")
 
 
-def test_shapley_negative_values_clip_to_zero():
-    # {web}: 1 path, converts -> v = 1; {email}: 1 path, no -> 0; {web, email}: 1, no -> 0
-    # phi(web) = 1/2 * 1 + 1/2 * (0 - 0) = 1/2; phi(email) = 1/2 * 0 + 1/2 * (0 - 1) = -1/2
-    # clipped at 0: web takes all
+def test_shapley_credits_nothing_to_a_key_that_never_converts():
+    # {web}: 1 path, converts; {email}: 1 path, no; {web, email}: 1 path, no
+    # v(web) = 1, v(email) = 0, v(web, email) = 1
+    # phi(web) = 1/2 * 1 + 1/2 * (1 - 0) = 1; phi(email) = 1/2 * 0 + 1/2 * (1 - 1) = 0
     con = make_con([(1, 0, "web", "o"), (2, 0, "email", "o"),
                     (3, 0, "web", "o"), (3, 1, "email", "o")],
                    [(1, 5, 1.0)])
@@ -267,15 +266,9 @@ def test_top_folds_the_rest_into_other():
     # 2/3). Without other: P = 1/3 + 2/3 * 1/2 = 2/3 (effect 1/3). Effects sum to 2: shares
     # 1/2, 1/3, 1/6 of 3 conversions
     assert_credits(r, "markov", {"web": 1.5, "email": 1, "sms": 0, "(other)": 0.5})
-    # shapley: v = 1 for {web}, {web, email}, {web, email, other}, else 0. Three players,
-    # weights |S|!(3-|S|-1)!/3!: 1/3, 1/6, 1/3 for |S| = 0, 1, 2.
-    # phi(web)   = 1/3 (1 - 0) + 1/6 (v(we) - v(e)) + 1/6 (v(wo) - v(o)) + 1/3 (v(weo) - v(eo))
-    #            = 1/3 + 1/6 + 0 + 1/3 = 5/6
-    # phi(email) = 1/3 * 0 + 1/6 (v(we) - v(w)) + 1/6 (v(eo) - v(o)) + 1/3 (v(weo) - v(wo))
-    #            = 0 + 0 + 0 + 1/3 = 1/3
-    # phi(other) = 1/3 * 0 + 1/6 (v(wo) - v(w)) + 1/6 * 0 + 1/3 (v(weo) - v(we)) = -1/6
-    # clipped: 5/6, 1/3, 0 -> shares 5/7, 2/7, 0 of 3 conversions
-    assert_credits(r, "shapley", {"web": 15 / 7, "email": 6 / 7, "sms": 0, "(other)": 0})
+    # shapley: each converting path's conversion shared among its distinct keys:
+    # web: 1 + 1/2 + 1/3 = 11/6; email: 1/2 + 1/3 = 5/6; other (sms): 1/3
+    assert_credits(r, "shapley", {"web": 11 / 6, "email": 5 / 6, "sms": 0, "(other)": 1 / 3})
 
 
 def test_default_limits_fold_shapley_beyond_ten_keys():
@@ -289,13 +282,10 @@ def test_default_limits_fold_shapley_beyond_ten_keys():
     rows = rows_by_key(r)
     # every path is one key that always converts: markov removal effects all 1 -> 1/12 each
     assert_credits(r, "markov", {**{f"ch{i:02d}": 1.0 for i in range(12)}, "(other)": 0})
-    # shapley: v({k}) = 1 for every single key (and "(other)"), else 0. The grand coalition
-    # is worth 0 (no path has every key), so the Shapley values sum to 0, and by symmetry
-    # each is 0 (+1/11 alone, -1/11 joining each of the 10 others); none is positive, so the
-    # 11 players on converting paths get equal shares of the 12 conversions
+    # shapley: every path one key that converts: 1 to each of ten keys, 2 to "(other)"
     assert rows["ch11"]["shapley"]["conversions"] == 0
-    assert rows["(other)"]["shapley"]["conversions"] == pytest.approx(12 / 11)
-    assert rows["ch00"]["shapley"]["conversions"] == pytest.approx(12 / 11)
+    assert rows["(other)"]["shapley"]["conversions"] == pytest.approx(2)
+    assert rows["ch00"]["shapley"]["conversions"] == pytest.approx(1)
 
 
 def test_a_key_only_on_non_converting_paths_earns_no_removal_effect():

@@ -19,6 +19,8 @@ Screenshots of each view go to ``$DECISION_ARTIFACTS/console`` (default
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime as dt
 import hashlib
 import http.client
 import json
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -38,7 +41,7 @@ import pytest
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from tests import test_security
-from tests.conftest import TEST_CATALOG, ServerProcess, free_port, stop_process
+from tests.conftest import DATA, TEST_CATALOG, ServerProcess, free_port, stop_process
 
 try:
     from selenium import webdriver
@@ -548,6 +551,327 @@ def test_kiosk_shows_the_best_offer_large_and_records_impressions_and_the_accept
     browser.get(console.url("/kiosk/loyalty_id/K-500"))  # accepted: suppressed
     assert browser.find_element(By.CSS_SELECTOR, "article.kiosk-hero").get_attribute(
         "data-offer") != "priority-boarding"
+
+
+# ---------------------------------------------------------------------------- results
+ANALYST_TOKEN = "analyst-token-0123456789abcdef"
+#: the results story: experiment "nba" on web (arms learning, static, random and the
+#: control group, tests/data/learning.toml), contact_center outside it
+RESULTS_PHASES = 6  # one a second: the learning curves' buckets each get decisions
+RESULTS_PER_PHASE = 48
+ARM_CLICK_RATE = {"static": 0.15, "random": 0.3, "control": 0.25}  # learning: rising
+
+
+def _chance(key: str) -> float:
+    """A fixed draw in [0, 1) per key: the story is the same on every run."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+@pytest.fixture(scope="class")
+def world(workdir):
+    """A server of its own whose store holds a few hundred decisions with outcomes,
+    made by the test through gRPC over six seconds (the learning arm's click rate rising
+    phase by phase), and a console whose token has the roles decide, ingest and report;
+    for ``TestResults`` only (stopped after it)."""
+    home = workdir / "results"
+    home.mkdir(exist_ok=True)
+    (home / "catalog.toml").write_text((DATA / "learning.toml").read_text().replace(
+        'contact_center = { click = "1s" }',  # conversions on both channels
+        'contact_center = { click = "1s", conversion = "2s" }', 1))
+    (home / "credentials.toml").write_text(
+        f'[[client]]\nname = "analyst"\ntoken = "{ANALYST_TOKEN}"\nroles = ["decide", "ingest", "report"]\n')
+    (home / "analyst.token").write_text(ANALYST_TOKEN + "\n")
+    server = ServerProcess(home / "store", home / "catalog.toml", free_port(),
+                           "--credentials", str(home / "credentials.toml"))
+    console = None
+    channel = grpc.insecure_channel(server.address)
+    try:
+        server.wait_ready()
+        stub = pb_grpc.DecisionServiceStub(channel)
+        made = _make_decisions(stub)
+        console = ConsoleProcess(home / "console", server.address,
+                                 "--token-file", str(home / "analyst.token")).wait_ready()
+        # the report reads the server's export, which takes decisions 5 s old
+        time.sleep(max(0.0, made["to_ms"] / 1000 + 5.5 - time.time()))
+        yield {"console": console, "stub": stub, **made}
+    finally:
+        channel.close()
+        if console is not None:
+            log = console.stop()
+            assert "Traceback" not in log, log
+        server.stop()
+
+
+def _make_decisions(stub) -> dict:
+    metadata = (("authorization", f"Bearer {ANALYST_TOKEN}"),)
+    counts = {"web": 0, "contact_center": 0}
+    arms: dict[str, int] = {}
+
+    def track(kind: str, who: str, channel: str, reply, offer: str, **attrs) -> None:
+        stub.Track(pb.Event(
+            event_id=f"{reply.decision_id}:{offer}:{kind}", type=kind,
+            customer=pb.Identifier(value=who), channel=channel, offer_id=offer,
+            decision_id=reply.decision_id,
+            attributes={k: pb.Value(number_value=v) for k, v in attrs.items()}),
+            metadata=metadata, timeout=10)
+
+    def one(phase: int, n: int) -> tuple[str, str]:
+        who = f"r{phase}-{n}"
+        channel = "contact_center" if n % 4 == 3 else "web"
+        reply = stub.Decide(pb.DecideRequest(customer=pb.Identifier(value=who),
+                                             channel=channel, limit=2),
+                            metadata=metadata, timeout=10)
+        offer = reply.offers[0].offer_id
+        track("impression", who, channel, reply, offer)
+        arm = reply.arm if channel == "web" else ""  # the experiment's channel
+        rate = ARM_CLICK_RATE.get(arm, 0.12 + 0.08 * phase)
+        if _chance(who + ":click") < rate:
+            track("click", who, channel, reply, offer)
+            if _chance(who + ":buy") < 0.4:
+                track("conversion", who, channel, reply, offer, amount=20.0 + n)
+        return channel, arm
+
+    start = (int(time.time()) + 1) * 1000  # on a whole second
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for phase in range(RESULTS_PHASES):
+            time.sleep(max(0.0, (start + 1000 * phase) / 1000 - time.time()))
+            for channel, arm in pool.map(lambda n, p=phase: one(p, n),
+                                         range(RESULTS_PER_PHASE)):
+                counts[channel] += 1
+                if arm:
+                    arms[arm] = arms.get(arm, 0) + 1
+    end = int(time.time() * 1000) + 1
+    return {"from_ms": start - 500, "to_ms": end + 500, "counts": counts, "arms": arms}
+
+
+class TestResults:
+    """``/results`` against the ``world`` above: the figures match the server's own
+    report, the charts load, the curves have a path per arm; an empty range, a range
+    that cannot be asked for, and how long the page takes."""
+
+    def report(self, world) -> dict:
+        reply = world["stub"].GetReport(pb.ReportRequest(
+            from_ms=world["from_ms"], to_ms=world["to_ms"], dimensions=["channel", "arm"]),
+            metadata=(("authorization", f"Bearer {ANALYST_TOKEN}"),), timeout=60)
+        return json.loads(reply.json)
+
+    def url(self, world, **params) -> str:
+        query = {"from": _iso(world["from_ms"]), "to": _iso(world["to_ms"]), **params}
+        return world["console"].url("/results?" + urllib.parse.urlencode(query))
+
+    def test_the_figures_charts_and_learning_curves(self, world, browser):
+        assert set(world["arms"]) == {"learning", "static", "random", "control"}, world
+        expected = self.report(world)
+        assert {c: f["decisions"] for c, f in expected["funnel"].items()} == world["counts"]
+
+        browser.get(self.url(world))
+        funnel = browser.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('#funnel tbody tr')]"
+            ".map(r => [r.dataset.channel, Object.fromEntries([...r.querySelectorAll("
+            "'td[data-metric]')].map(c => [c.dataset.metric, Number(c.dataset.value)]))]))")
+        assert set(funnel) == {"web", "contact_center"}
+        for channel, figures in expected["funnel"].items():
+            for metric in ("decisions", "impressions", "clicks", "conversions"):
+                assert funnel[channel][metric] == figures[metric], (channel, metric)
+            assert funnel[channel]["revenue"] == pytest.approx(figures["revenue"])
+        totals = text_of(browser, ".totals")
+        assert f"{sum(world['counts'].values()):,}" in totals
+
+        lift = browser.execute_script(
+            "return [...document.querySelectorAll('#lift tbody tr')]"
+            ".map(r => [r.dataset.experiment, r.dataset.arm, r.dataset.metric])")
+        assert sorted(row for row in lift if row[0] == "nba") == sorted(
+            ["nba", arm, metric] for arm in ("learning", "static", "random")
+            for metric in ("Response rate", "Revenue per decision"))
+        # contact_center is in no experiment: its decisions against the control group's there
+        assert {tuple(row[:2]) for row in lift if row[0] != "nba"} <= {("", "(default)")}
+        row = text_of(browser, '#lift tr[data-arm="static"]')
+        assert re.search(r"[+-]\d+\.\d\d pp\s*\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", row), row
+        assert re.search(r"\b(yes|no)\b", row)
+        assert f"{world['arms']['static']:,}" in row and f"{world['arms']['control']:,}" in row
+
+        attribution = text_of(browser, "#attribution table")
+        for model in ("Last touch", "First touch", "Linear", "Time decay", "Position",
+                      "Markov", "Shapley"):
+            assert model.upper() in attribution.upper()
+        assert browser.find_elements(By.CSS_SELECTOR, '#attribution tr[data-channel="web"]')
+
+        # the charts (the report's PNGs) load, and the learning curves arrive (htmx)
+        wait_for(browser, lambda d: d.execute_script(
+            "const imgs = [...document.querySelectorAll('img[data-chart]')];"
+            "return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0)"),
+            timeout=30, what="the four charts")
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#curves svg.curves"),
+                 timeout=30, what="the learning curves")
+        curves = browser.execute_script(
+            "return [...document.querySelectorAll('#curves svg.curves path.curve')]"
+            ".map(p => [p.dataset.arm, p.getAttribute('d')])")
+        assert sorted(arm for arm, _ in curves) == ["control", "learning", "random", "static"]
+        for arm, d in curves:  # a point per bucket that holds the arm's decisions
+            assert d.startswith("M") and d.count("M") + d.count("L") >= 4, (arm, d)
+        about = text_of(browser, "#curves")
+        assert "in 6 equal time buckets" in about or "per day" in about  # across midnight
+        screenshot(browser, "results")  # the top 2,400 px
+        browser.set_window_size(1360, 1400)
+        browser.execute_script("document.getElementById('curves').scrollIntoView()")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "results-curves-attribution.png"))
+        browser.set_window_size(1360, 900)
+
+    def test_render_time(self, world):
+        """How long the results take, as the client sees it and as the console's
+        Server-Timing header splits it (waiting for the server's reports, rendering):
+        the page's first HTML (one GetReport of the figures), the curves fragment (one
+        GetReport per bucket), a chart (one GetReport with the PNGs; the page's other
+        charts then come from the console's cache). Written to results-timing.json."""
+        page = self.url(world)
+        first = http_get(page)
+        assert first.status == 200 and "server-timing" in first.headers
+        query = re.search(r'hx-get="/results/curves\?([^"]+)"', first.body).group(1)
+        query = query.replace("&amp;", "&")
+        fresh = urllib.parse.urlencode({"from_ms": world["from_ms"],  # not cached yet
+                                        "to_ms": world["to_ms"] + 1, "label": "click"})
+        timings = {}
+        for name, path in (("page", page),
+                           ("curves", world["console"].url(f"/results/curves?{query}")),
+                           ("chart", world["console"].url(f"/results/chart/lift.png?{fresh}"))):
+            runs, headers = [], []
+            for _ in range(3):
+                started = time.perf_counter()
+                with urllib.request.urlopen(path, timeout=60) as reply:
+                    body = reply.read()
+                    headers.append(reply.headers["server-timing"])
+                runs.append(round(1000 * (time.perf_counter() - started)))
+                assert reply.status == 200, name
+            timings[name] = {"runs_ms": runs, "median_ms": statistics.median(runs),
+                             "server_timing": headers}
+            if name == "chart":
+                assert body.startswith(b"\x89PNG")
+        print("results render:", json.dumps(timings))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "results-timing.json").write_text(json.dumps(timings, indent=1))
+
+    def test_an_empty_range_says_so(self, world, browser):
+        browser.get(world["console"].url("/results?from=2001-01-01&to=2001-01-02"))
+        empty = text_of(browser, "#empty")
+        assert "No decisions in this range" in empty
+        assert "2001-01-01 00:00 UTC – 2001-01-03 00:00 UTC" in empty  # "to" day included
+        assert not browser.find_elements(By.CSS_SELECTOR, "#funnel, #lift, img[data-chart]")
+        screenshot(browser, "results-empty")
+
+    def test_a_range_that_cannot_be_asked_for_is_named_and_escaped(self, world):
+        bad = http_get(world["console"].url("/results?" + urllib.parse.urlencode(
+            {"from": "<script>alert(1)</script>"})))
+        assert bad.status == 400
+        assert "That range cannot be shown" in bad.body
+        assert "<script>alert(1)</script>" not in bad.body
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in bad.body
+        inverted = http_get(world["console"].url("/results?from=2026-02-02&to=2026-01-01"))
+        assert inverted.status == 400 and "empty or inverted" in inverted.body
+        assert http_get(world["console"].url(
+            "/results/chart/nope.png?from_ms=0&to_ms=1")).status == 404
+        assert http_get(world["console"].url("/results/curves?from_ms=x")).status == 400
+
+
+def test_results_range_presets_dates_and_mistakes():
+    from decision.console.results import RangeError, parse_range
+
+    now = 1_796_552_338_690  # 2026-12-06 10:18:58.690 UTC
+    week = parse_range({}, now)  # the default: the last 7 days, to the second
+    assert (week.preset, week.to_ms, week.to_ms - week.from_ms) == ("7d", now - 690,
+                                                                   7 * 86_400_000)
+    day = parse_range({"from": "2026-12-01", "to": "2026-12-01"}, now)  # "to" day included
+    assert (day.from_ms, day.to_ms) == (1_796_083_200_000, 1_796_169_600_000)
+    exact = parse_range({"from": "2026-12-06T10:00:00.250", "to": "2026-12-06T10:00:01Z",
+                         "label": "conversion"}, now)
+    assert (exact.to_ms - exact.from_ms, exact.label) == (750, "conversion")
+    assert parse_range({"to": "2026-12-06T10:00"}, now).from_ms == 0  # from the start
+    for params, message in (({"from": "yesterday"}, "is not a date"),
+                            ({"from": "2026-12-02", "to": "2026-12-01"}, "empty or inverted"),
+                            ({"range": "90d"}, "is not one of"),
+                            ({"label": "purchase"}, "is not one of")):
+        with pytest.raises(RangeError, match=message):
+            parse_range(params, now)
+
+
+def test_learning_curve_buckets_and_their_zoom():
+    from decision.console.results import Range, plan_buckets, split, zoom
+
+    day = 86_400_000
+    start = 1_796_083_200_000  # 2026-12-01 00:00 UTC
+    month = Range(start - 20 * day, start + 10 * day, "30d", "click", "", "")
+    days, kind = plan_buckets(month, ["2026-12-01", "2026-12-03"])  # 3 days: one a day
+    assert kind == "day" and [b.label for b in days] == ["Dec 01", "Dec 02", "Dec 03"]
+    assert days[0].from_ms == start and days[-1].to_ms == start + 3 * day
+    one, kind = plan_buckets(month, ["2026-12-01"])  # 1 day: 6 equal buckets of 4 h
+    assert kind == "equal" and len(one) == 6 and one[1].from_ms - one[0].from_ms == day // 6
+    assert plan_buckets(month, []) == ([], "equal")
+    # decisions in the last bucket only: cut that bucket again; spread out: keep them
+    with_decisions = [{"totals": {"decisions": n}} for n in (0, 0, 0, 0, 0, 7)]
+    assert zoom(one, with_decisions) == (one[5].from_ms, one[5].to_ms)
+    spread = [{"totals": {"decisions": n}} for n in (3, 0, 4, 0, 5, 0)]
+    assert zoom(one, spread) is None
+    assert [b.to_ms - b.from_ms for b in split(0, 6_000)] == [1000] * 6
+
+
+def test_learning_curves_geometry_one_path_per_arm():
+    from decision.console.results import Bucket, curves_view
+
+    buckets = [Bucket(0, 10, "a", "a"), Bucket(10, 20, "b", "b"), Bucket(20, 30, "c", "c")]
+
+    def bucket(learning: float, control: float, static_clicks: int | None) -> dict:
+        lift = [{"experiment": "nba", "arm": "learning", "metric": "response_rate",
+                 "arm_value": learning, "control_value": control, "n_arm": 50,
+                 "n_control": 10}]
+        by = [{"key": "nba/learning", "decisions": 50, "clicks": 1},
+              {"key": "nba/control", "decisions": 10, "clicks": 1},
+              {"key": "no-experiment", "decisions": 9, "clicks": 9}]
+        if static_clicks is not None:
+            by.append({"key": "nba/static", "decisions": 20, "clicks": static_clicks})
+        return {"label": "click", "lift": lift, "by": {"arm": by}}
+
+    [curves] = curves_view(buckets, [bucket(0.1, 0.2, 2), bucket(0.3, 0.2, None),
+                                     bucket(0.4, 0.1, 5)])
+    assert curves.experiment == "nba"
+    series = {s.arm: s for s in curves.series}
+    assert list(series) == ["learning", "static", "control"]  # by decisions, control last
+    assert series["learning"].path.count("M") == 1 and series["learning"].path.count("L") == 2
+    assert series["static"].path.count("M") == 2  # no decisions in the middle bucket: a gap
+    assert [p.rate for p in series["static"].points] == ["10.0%", "25.0%"]  # clicks/decision
+    assert series["control"].control and series["learning"].overall == "26.7%"
+    top = curves.y_ticks[-1]
+    assert top.label == "50.0%" and min(p.y for p in series["learning"].points) > top.pos
+
+
+def test_results_need_the_report_role(console, browser):
+    """The agent desk's console (roles decide and ingest) is refused the report."""
+    reply = http_get(console.url("/results"))
+    assert reply.status == 502
+    assert "PERMISSION_DENIED" in reply.body and "Traceback" not in reply.body
+    assert CONSOLE_TOKEN not in reply.body
+    browser.get(console.url("/results"))
+    notice = text_of(browser, ".notice")
+    assert "The console's token needs the report role" in notice
+    assert "report role" in notice and "GetReport" in notice
+
+
+def test_results_with_the_server_down(workdir, browser):
+    down = ConsoleProcess(workdir / "console-results-down", f"127.0.0.1:{free_port()}",
+                          "--token-file", str(workdir / "console.token")).wait_ready()
+    try:
+        assert http_get(down.url("/results?range=30d")).status == 503
+        browser.get(down.url("/results?range=30d"))
+        notice = text_of(browser, ".notice")
+        assert "The decision server is not answering" in notice and "UNAVAILABLE" in notice
+        assert browser.find_elements(By.CSS_SELECTOR, "form.range-bar")  # still usable
+        screenshot(browser, "results-server-down", height=900)
+    finally:
+        log = down.stop()
+    assert "Traceback" not in log, log
 
 
 # ---------------------------------------------------------------------------- failures

@@ -12,6 +12,8 @@ compute them over what the servers recorded.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +39,8 @@ pytestmark = pytest.mark.needs_jit(
     "server processes decide hundreds of times a second under the simulator")
 
 OFFERS, CUSTOMERS, STEPS = 6, 400, 2500
+ARTIFACTS = Path(os.environ.get("DECISION_ARTIFACTS")
+                 or Path(__file__).parent / "artifacts") / "roi"  # charts, report (looked at)
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -107,6 +111,11 @@ def test_report_cli_matches_the_simulators_tally(sim, tmp_path):
                       "lift.png", "revenue_by_channel.png"]
     for name in charts:
         assert (tmp_path / "charts" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name in charts:
+        shutil.copy(tmp_path / "charts" / name, ARTIFACTS / name)
+    (ARTIFACTS / "report.txt").write_text(done.stdout)
+    shutil.copy(tmp_path / "report.json", ARTIFACTS / "report.json")
 
 
 def test_report_by_hand(tmp_path):
@@ -268,6 +277,8 @@ def test_whatif_interval_covers_the_simulators_truth(tmp_path):
     those decisions. Nominal 95%: at least 12 of 15 cover."""
     covered = {"ips": 0, "dr": 0}
     total = 0
+    lines = ["| seed | decisions | truth | IPS [95%] | SNIPS [95%] | DR [95%] | logged |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for seed in (11, 12, 13):
         sim = simulate(tmp_path / f"s{seed}", seed, 3000)
         store = ProfileStore(sim / "store")
@@ -287,7 +298,14 @@ def test_whatif_interval_covers_the_simulators_truth(tmp_path):
             for name in covered:
                 e = out["estimate"][name]
                 covered[name] += e["lo"] <= true <= e["hi"]
+            e = out["estimate"]
+            lines.append(f"| {seed} | {out['replayed']:,} | {true:.4f} | " + " | ".join(
+                f"{e[k]['value']:.4f} [{e[k]['lo']:.4f}, {e[k]['hi']:.4f}]"
+                for k in ("ips", "snips", "dr")) + f" | {out['logged_policy']['value']:.4f} |")
         store.close()
+    lines.append(f"\ncovered: IPS {covered['ips']} of {total}, DR {covered['dr']} of {total}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "whatif-coverage.md").write_text("\n".join(lines) + "\n")
     assert total == 15
     assert covered["dr"] >= 12 and covered["ips"] >= 12, covered
 

@@ -42,12 +42,15 @@ revenue: the revenue shares times the attributed revenue):
   absorbing chain. The removal effect of key k is ``1 - P_without_k / P``, where removing k
   sends every transition into k to null. The shares are the removal effects normalised to
   sum to 1 (conversions and revenue alike).
-- ``shapley``: the players are the keys; the value of a coalition S is the conversion rate
-  of the paths (converting and non-converting) whose set of distinct keys is exactly S
-  (0 where no path has that set; v(empty) = 0). Exact Shapley values over all coalitions,
-  negative ones clipped to 0, normalised to sum to 1; if none is positive, equal shares
-  among the players seen on converting paths. Revenue shares likewise, with v(S) the mean
-  revenue per path of set S.
+- ``shapley``: the players are the keys; the value of a coalition S is the conversions of
+  the paths whose set of distinct keys lies within S (what those keys bring about on their
+  own; Zhao et al. 2018, "Shapley value methods for attribution modeling"), v(empty) = 0;
+  revenue likewise. Exact Shapley values over all coalitions: each converting path's
+  conversion is shared equally among its distinct keys (a key repeated on a path counts
+  once, unlike ``linear``), never negative, and they add up to the attributed
+  conversions. (A coalition worth the conversion *rate* of the paths of exactly that set
+  gives negative or zero values whenever sets are sparse: twelve channels that each
+  convert on their own paths would all be worth 0.)
 
 Rows: one per key on any path, converting or not (``touches`` counts its touches on
 converting paths; a key seen only on non-converting paths has 0 touches and no rule-based
@@ -380,11 +383,12 @@ def _shapley_shares(codes: np.ndarray, paths: Paths, n: int) -> dict[str, np.nda
     """The ``n`` keys' normalised Shapley values, for conversions and for revenue."""
     masks = _coalitions(codes, paths)
     size = 1 << n
-    seen = _weighted_counts(masks, paths.paths, size)
-    totals = np.stack((_weighted_counts(masks, paths.conversions, size),
-                       _weighted_counts(masks, paths.revenue, size)), axis=1)
-    value = np.divide(totals, seen[:, None], out=np.zeros_like(totals),
-                      where=seen[:, None] > 0)
+    value = np.stack((_weighted_counts(masks, paths.conversions, size),
+                      _weighted_counts(masks, paths.revenue, size)), axis=1)
+    every = np.arange(size)
+    for bit in range(n):  # subset sums: v(S) = what the paths within S brought
+        has = every[(every >> bit) & 1 == 1]
+        value[has] += value[has ^ (1 << bit)]
     phi = _shapley_values(value, n)
     fallback = _on_converting_paths(codes, paths, n)
     return {measure: _normalise(phi[:, i], fallback, scale=float(np.abs(value[:, i]).max()))

@@ -174,7 +174,9 @@ def _lift_colour(row: dict) -> str:
 
 def _lift_label(row: dict) -> str:
     """An arm's axis label: experiment, arm, and the decisions behind the comparison."""
-    return (f"{row.get('experiment', '')}: {row.get('arm', '')}\n"
+    experiment, arm = row.get("experiment", ""), row.get("arm", "")
+    name = f"{experiment}: {arm}" if experiment else f"{arm} (no experiment)"
+    return (f"{name}\n"
             f"n = {int(row.get('n_arm') or 0):,} vs {int(row.get('n_control') or 0):,}")
 
 

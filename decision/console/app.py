@@ -17,6 +17,18 @@ template:
 ``GET /kiosk/{kind}/{value}``  the kiosk screen for a scanned card; query parameters
                        are the decision's context (``?country=FR``)
 ``POST /kiosk/accept``   the customer took an offer: a ``click``
+``GET /results``       the results over a time range (``?range=24h|7d|30d`` or
+                       ``?from=...&to=...``, UTC; ``&label=click|conversion``): the
+                       totals, the funnel per channel, the lift of each experiment arm
+                       against the control group and attribution by channel (seven
+                       models), in the first HTML (one GetReport); the token needs
+                       ``report`` (``decision.console.results``)
+``GET /results/chart/{name}``  one of the report's PNG charts for the page's range,
+                       pinned in ms (one GetReport with charts per range, shared by the
+                       page's images and cached a few minutes: ``ChartCache``)
+``GET /results/curves``  the learning curves of the page's range, a fragment the page
+                       loads (htmx): each arm's response rate per time bucket, one
+                       GetReport per bucket, drawn as inline SVG
 ``GET|POST /login``, ``POST /logout``  only with a console password
 ``GET /static/...``    the stylesheet, htmx and its SSE extension (shipped in the package)
 =====================  ===========================================================
@@ -50,6 +62,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +73,19 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from decision.console import DEFAULT_KINDS, live
+from decision.console import results as res
 from decision.console.grpc_client import (
     DecisionClient,
     ServerError,
@@ -74,7 +94,7 @@ from decision.console.grpc_client import (
     Who,
 )
 from decision.console.security import Access, Guard, safe_next
-from decision.console.views import decision_view, profile_view
+from decision.console.views import decision_view, format_number, profile_view
 
 log = logging.getLogger("decision.console")
 
@@ -89,6 +109,9 @@ ANSWERS = {
     "later": ("Later", ("impression",)),
 }
 MAX_FORM_BYTES = 16 * 1024
+ZOOMS = 3  # the learning curves' re-cuts at most (results.zoom): a day to about a minute
+CHART_CACHE_S = 300  # a pinned range's charts are kept this long (ChartCache)
+CHART_CACHE_ENTRIES = 8  # ... for this many ranges at most (some 250 kB each)
 _SHOWN_PROFILES = 1024  # profiles the pages showed last, by version (see _remember)
 
 
@@ -148,6 +171,7 @@ def create_app(target: ServerTarget, settings: ConsoleSettings | None = None) ->
         server=target.address + (" (TLS)" if target.secured else ""),
         login=settings.access.login,
     )
+    env.filters.update(num=format_number, money=lambda x: f"{x:,.2f}")
     templates = Jinja2Templates(env=env)
     shown: OrderedDict[str, object] = OrderedDict()
 
@@ -330,6 +354,101 @@ def create_app(target: ServerTarget, settings: ConsoleSettings | None = None) ->
             return render(request, "kiosk_done.html", name=form.get("name") or offer_id)
         return HTMLResponse(html, headers={"cache-control": "no-store"})
 
+    # ------------------------------------------------------------------ results
+    def report_refused(exc: ServerError) -> dict:
+        e = _explain(exc, target, needs="the report role: the results are the server's "
+                     "report (GetReport), every channel's and arm's figures")
+        if exc.code == "PERMISSION_DENIED":
+            e["title"] = "The console's token needs the report role"
+        return e
+
+    async def results(request: Request) -> Response:
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        page = {"presets": res.PRESETS, "labels": res.LABELS, "tab": "results",
+                "models": res.ATTRIBUTION_MODELS}
+        try:
+            rng = res.parse_range(request.query_params, now_ms)
+        except res.RangeError as exc:
+            return render(request, "results.html", 400, **page,
+                          rng=res.parse_range({}, now_ms), form=dict(request.query_params),
+                          notice={"level": "warn", "title": "That range cannot be shown",
+                                  "text": str(exc)})
+        form = {"from": rng.from_value, "to": rng.to_value}
+        try:
+            reply = await client.report(rng.from_ms, rng.to_ms, ("channel",),
+                                        attribution=True, label=rng.label)
+        except ServerError as exc:
+            e = report_refused(exc)
+            return render(request, "results.html", e["status"], **page, rng=rng, form=form,
+                          notice=e)
+        fetched = time.perf_counter()
+        view = res.results_view(rng, res.parse_report(reply.json))
+        response = render(request, "results.html", **page, rng=rng, form=form, r=view)
+        response.headers["server-timing"] = _timing(started, fetched)
+        return response
+
+    async def results_curves(request: Request) -> Response:
+        """The learning curves of a pinned range: a fragment the page loads (htmx)."""
+        started = time.perf_counter()
+        try:
+            rng = res.parse_pinned(request.query_params)
+        except res.RangeError as exc:
+            return PlainTextResponse(str(exc), 400)
+        try:
+            buckets, kind, reports = await _curves(rng)
+        except ServerError as exc:
+            return HTMLResponse(fragment("_curves.html", rng=rng, notice=report_refused(exc)),
+                                headers={"cache-control": "no-store"})
+        fetched = time.perf_counter()
+        html = fragment("_curves.html", rng=rng, c=res.curves_page(buckets, kind, reports))
+        return HTMLResponse(html, headers={"cache-control": "no-store",
+                                           "server-timing": _timing(started, fetched)})
+
+    async def _curves(rng: res.Range):
+        """The learning curves' buckets and one small report per bucket (by arm). Equal
+        buckets are cut again over the part that holds decisions while fewer than 3
+        do (``results.zoom``), at most ``ZOOMS`` times."""
+        days = res.parse_report((await client.report(
+            rng.from_ms, rng.to_ms, ("day",), label=rng.label)).json)
+        buckets, kind = res.plan_buckets(rng, [
+            str(r["key"]) for r in (days.get("by") or {}).get("day", [])
+            if r.get("decisions")])
+        reports: list[dict] = []
+        for level in range(ZOOMS + 1):
+            replies = await _first_error(*(client.report(b.from_ms, b.to_ms, ("arm",),
+                                                         label=rng.label) for b in buckets))
+            reports = [res.parse_report(r.json) for r in replies]
+            narrower = res.zoom(buckets, reports) if kind == "equal" else None
+            if narrower is None or level == ZOOMS:
+                break
+            buckets = res.split(*narrower)
+        return buckets, kind, reports
+
+    async def results_chart(request: Request) -> Response:
+        """One of the report's PNG charts for a pinned range (``ChartCache``)."""
+        name = request.path_params["name"]
+        if name not in res.CHARTS:
+            return PlainTextResponse(f"no chart {name!r}: one of {', '.join(res.CHARTS)}",
+                                     404)
+        try:
+            rng = res.parse_pinned(request.query_params)
+        except res.RangeError as exc:
+            return PlainTextResponse(str(exc), 400)
+        started = time.perf_counter()
+        try:
+            charts = await chart_cache.get(rng)
+        except ServerError as exc:
+            e = report_refused(exc)
+            return PlainTextResponse(f"{e['title']}: {e['text']}", e["status"])
+        if name not in charts:
+            return PlainTextResponse(f"the report has no {name}", 404)
+        return Response(charts[name], media_type="image/png", headers={
+            "cache-control": f"private, max-age={CHART_CACHE_S}",
+            "server-timing": _timing(started, time.perf_counter())})
+
+    chart_cache = ChartCache(client)
+
     # ------------------------------------------------------------------ login
     async def login(request: Request) -> Response:
         access = settings.access
@@ -379,6 +498,7 @@ def create_app(target: ServerTarget, settings: ConsoleSettings | None = None) ->
         try:
             yield
         finally:
+            chart_cache.close()
             await watcher.close()
             await client.close()
 
@@ -389,6 +509,9 @@ def create_app(target: ServerTarget, settings: ConsoleSettings | None = None) ->
         Route("/agent/outcome", agent_outcome, methods=["POST"]),
         Route("/kiosk/{kind}/{value}", kiosk),
         Route("/kiosk/accept", kiosk_accept, methods=["POST"]),
+        Route("/results", results),
+        Route("/results/curves", results_curves),
+        Route("/results/chart/{name}", results_chart),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Mount("/static", _CachedStatic(directory=STATIC), name="static"),
@@ -402,8 +525,65 @@ def create_app(target: ServerTarget, settings: ConsoleSettings | None = None) ->
     return app
 
 
-def _explain(exc: ServerError, target: ServerTarget) -> dict:
-    """A server error as a notice for a person: a status for the page, a title, a text."""
+class ChartCache:
+    """The report's charts per pinned range, fetched once for the page's several
+    images (one GetReport with charts, shared by the requests that arrive while it
+    runs), kept ``CHART_CACHE_S`` for ``CHART_CACHE_ENTRIES`` ranges. A failed fetch is
+    not kept: the next request asks again."""
+
+    def __init__(self, client: DecisionClient):
+        self.client = client
+        self._entries: OrderedDict[tuple, tuple[float, asyncio.Future]] = OrderedDict()
+
+    async def get(self, rng) -> dict[str, bytes]:
+        key = (rng.from_ms, rng.to_ms, rng.label)
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < now:
+            task = asyncio.ensure_future(self._fetch(rng))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen
+            entry = self._entries[key] = (now + CHART_CACHE_S, task)
+            while len(self._entries) > CHART_CACHE_ENTRIES:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        try:
+            return await asyncio.shield(entry[1])
+        except ServerError:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            raise
+
+    def close(self) -> None:
+        for _, task in self._entries.values():
+            task.cancel()
+        self._entries.clear()
+
+    async def _fetch(self, rng) -> dict[str, bytes]:
+        reply = await self.client.report(rng.from_ms, rng.to_ms, ("channel",),
+                                         attribution=True, charts=True, label=rng.label)
+        return dict(reply.charts)
+
+
+def _timing(started: float, fetched: float) -> str:
+    """A Server-Timing header: the time waiting for the server, and the rest."""
+    return (f"report;dur={1000 * (fetched - started):.1f}, "
+            f"render;dur={1000 * (time.perf_counter() - fetched):.1f}")
+
+
+async def _first_error(*calls):
+    """The calls' results, in order, once all are done; the first failure raised (the
+    others are awaited, not left running)."""
+    out = await asyncio.gather(*calls, return_exceptions=True)
+    for x in out:
+        if isinstance(x, BaseException):
+            raise x
+    return out
+
+
+def _explain(exc: ServerError, target: ServerTarget,
+             needs: str = "the roles decide and ingest") -> dict:
+    """A server error as a notice for a person: a status for the page, a title, a text.
+    ``needs``: what the console's token needs for the page that asked."""
     where = target.address
     if isinstance(exc, ServerUnavailable):
         return {"level": "error", "status": 503, "title": "The decision server is not answering",
@@ -412,7 +592,7 @@ def _explain(exc: ServerError, target: ServerTarget) -> dict:
     if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
         return {"level": "error", "status": 502, "title": "The decision server refused the "
                 "console", "text": f"{exc.code}: {exc.details}. The console's token "
-                "(--token-file) must belong to a client with the roles decide and ingest."}
+                f"(--token-file) must belong to a client with {needs}."}
     if exc.code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE"):
         return {"level": "warn", "status": 400, "title": "The server could not answer this",
                 "text": f"{exc.code}: {exc.details}"}

@@ -1,4 +1,5 @@
-"""``decision console``: serve the agent desk and the kiosk screen in a browser.
+"""``decision console``: serve the agent desk, the kiosk screen and the results in a
+browser.
 
     decision console [--server HOST:PORT] [--token-file F] [--tls-ca PEM]
                      [--host 127.0.0.1] [--port 8080] [--password-file F]
@@ -32,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the decision server to ask (default %(default)s)")
     p.add_argument("--token-file", metavar="FILE",
                    help="a file holding the bearer token the console sends the server (a "
-                        "client with the roles decide and ingest; default: the "
-                        "DECISION_TOKEN environment variable, else none)")
+                        "client with the roles decide and ingest; the results view needs "
+                        "report; default: the DECISION_TOKEN environment variable, else "
+                        "none)")
     p.add_argument("--tls", action="store_true",
                    help="connect to the server with TLS, trusting the system's roots")
     p.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA")
@@ -69,8 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """``decision console``, for ``decision.cli.build_parser``'s subparsers."""
-    p = sub.add_parser("console", help="serve the agent desk and the kiosk screen in a "
-                       "browser, as a client of a running server")
+    p = sub.add_parser("console", help="serve the agent desk, the kiosk screen and the "
+                       "results in a browser, as a client of a running server")
     add_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -117,7 +119,8 @@ def run(args) -> int:
     if args.port_file:
         _write_port(Path(args.port_file), port)
     print(f"decision console: {scheme}://{shown_host}:{port}/agent (agent desk), "
-          f"{scheme}://{shown_host}:{port}/kiosk/<kind>/<value> (kiosk); asking "
+          f"{scheme}://{shown_host}:{port}/kiosk/<kind>/<value> (kiosk), "
+          f"{scheme}://{shown_host}:{port}/results (results); asking "
           f"{target.address}{' over TLS' if target.secured else ''}", flush=True)
     if password is not None and args.https_cert is None and not is_loopback(args.host):
         print("decision console: warning: the password travels in clear over HTTP; use "

@@ -6,20 +6,24 @@ certificate), sends its bearer token with every call, and never touches the stor
 The token stays here, in the console process: no page, fragment or error message
 carries it.
 
-Four things the pages need, as coroutines (``grpc.aio``, on the web server's loop):
+What the pages need, as coroutines (``grpc.aio``, on the web server's loop):
 
 - ``profile(who)``: the profile an identifier reaches, or ``None`` when none does;
 - ``decide(who, channel, limit, context)``: the ranked, explained offers;
 - ``record(who, channel, offer_id, decision_id, outcome)``: one outcome event
   (``impression``, ``click``, ``dismissal``, ``conversion``), idempotent per decision,
   offer and outcome;
+- ``report(from_ms, to_ms, ...)``: the server's report over a time range (``GetReport``:
+  the figures as JSON, and PNG charts when asked), for the results view;
 - ``close()``.
 
 A failed call raises ``ServerError`` (the status code and the server's message, which
 names what to fix) or its subclass ``ServerUnavailable`` (no server answers: down,
 unreachable, or the deadline passed), which the pages turn into a clear message and
 HTTP 503 instead of a stack trace. The roles the console's token needs are ``decide``
-(Decide, GetProfile) and ``ingest`` (Track); it never needs ``admin``.
+(Decide, GetProfile) and ``ingest`` (Track) for the agent desk and the kiosk, and
+``report`` for the results view (GetReport: every channel's and arm's figures, no
+customer's data; never ``admin``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ OUTCOMES = ("impression", "click", "conversion", "dismissal")
 
 #: per-call deadline: a page waits at most this long for the server, then says so
 DEFAULT_TIMEOUT_S = 3.0
+#: a report's deadline: it exports the store's news and draws charts first
+REPORT_TIMEOUT_S = 60.0
 
 _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -158,10 +164,11 @@ class DecisionClient:
             await self._channel.close(grace=None)
             self._channel = self._stub = None
 
-    async def _call(self, method: str, request):
+    async def _call(self, method: str, request, timeout_s: float | None = None):
         rpc = getattr(self._service(), method)
         try:
-            return await rpc(request, timeout=self.target.timeout_s, metadata=self._metadata)
+            return await rpc(request, timeout=timeout_s or self.target.timeout_s,
+                             metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             error = ServerUnavailable if code in _UNAVAILABLE else ServerError
@@ -195,6 +202,17 @@ class DecisionClient:
             customer=who.identifier(), channel=channel, offer_id=offer_id,
             decision_id=decision_id))
         return reply.duplicate
+
+    async def report(self, from_ms: int, to_ms: int, dimensions: tuple[str, ...],
+                     attribution: bool = False, charts: bool = False,
+                     label: str = "click") -> pb.ReportReply:
+        """The server's report over [from_ms, to_ms): grouped by ``dimensions`` (offer,
+        channel, placement, segment, arm, day), with attribution and PNG charts when
+        asked. Role ``report``."""
+        return await self._call("GetReport", pb.ReportRequest(
+            from_ms=from_ms, to_ms=to_ms, dimensions=list(dimensions), label=label,
+            attribution=attribution, charts=charts),
+            timeout_s=max(self.target.timeout_s, REPORT_TIMEOUT_S))
 
 
 def outcome_event_id(decision_id: str, offer_id: str, outcome: str) -> str:

@@ -1,7 +1,8 @@
 """Who may use the console, and what a browser may do with its pages.
 
-The console holds a token for the decision server (roles ``decide`` and ``ingest``);
-the browser never sees it. What stands between a browser and that token's powers:
+The console holds a token for the decision server (roles ``decide`` and ``ingest``,
+and ``report`` for the results view; never ``admin``); the browser never sees it. What stands between a
+browser and that token's powers:
 
 - **Loopback or a login.** By default the console listens on 127.0.0.1 only and
   answers only requests whose ``Host`` is a loopback name (so a web page cannot reach

@@ -20,8 +20,9 @@ with it cost a dictionary lookup instead of a hash. Tokens are never logged; cli
 
 Roles (``METHOD_ROLE``): ``decide`` reads (Decide, DecideBatch, GetProfile,
 ListOffers), ``ingest`` writes customer data (Track, TrackStream, Identify,
-UpsertProfile) and reads the trigger log (WatchTriggers), ``admin`` may call
-everything (ReloadCatalog, ForgetCustomer, RunCampaign). Health and reflection are not part of the service and stay open.
+UpsertProfile) and reads the trigger log (WatchTriggers), ``report`` reads what the
+decisions earned (GetReport: aggregates, no customer's data), ``admin`` may call
+everything (ReloadCatalog, ForgetCustomer, RunCampaign, GetDecisionRecords). Health and reflection are not part of the service and stay open.
 
 No gRPC import here: ``check`` returns a status name and message, which
 ``decision.edge.server`` turns into UNAUTHENTICATED or PERMISSION_DENIED.
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from decision.errors import ConfigError
 
-ROLES = ("decide", "ingest", "admin")
+ROLES = ("decide", "ingest", "report", "admin")
 
 #: the role each DecisionService RPC needs; ``admin`` may call every RPC.
 METHOD_ROLE = {
@@ -56,7 +57,7 @@ METHOD_ROLE = {
     "RunCampaign": "admin",
     "GetModel": "decide",
     "GetDecisionRecords": "admin",  # customers' features: an auditor's or an analyst's
-    "GetReport": "admin",  # an analyst's: every channel's and arm's figures
+    "GetReport": "report",  # aggregates only (no customer's data): an analyst's, a console's
 }
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
