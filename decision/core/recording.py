@@ -1,12 +1,15 @@
 """Decision records, written off the request path.
 
-A decision hands ``Recorder.record`` what it saw and did; the record's value is built
-there in about a microsecond (``records.pack_decision_value``: the fields one plan's
-decisions share are packed once per plan, the rest is fixed-size binary: the feature
-vector's and the ranking's bytes as they are), and queued. A writer thread writes
-whatever has queued up in one transaction every ``FLUSH_S`` (group commit), like event
-ingestion: its share of the interpreter is two LMDB puts per record, so it barely
-competes with the requests for the GIL. A record is written whole or
+A decision hands ``Recorder.record`` what it saw and did; the request thread copies the
+feature vector (a view of the store's map) and queues references to the rest, in under
+a microsecond. A writer thread builds each record's value
+(``records.pack_decision_value``: the fields one plan's decisions share are packed once
+per plan, the rest is fixed-size binary: the feature vector's, the ranking's and the
+eligible set's bytes as they are), offering the interpreter to waiting requests every
+``YIELD_EVERY`` records (a thread busy in Python would otherwise keep a request waiting
+up to the 5 ms switch interval), and writes whatever has queued up in one transaction
+every ``FLUSH_S`` (group commit), like event ingestion, with two ``putmulti`` calls (the
+loops run in C). A record is written whole or
 not at all (one LMDB put inside a transaction). What a crash can lose: the records
 still queued, at most the last ``FLUSH_S`` seconds' (``kill -9`` between a decision
 and its commit); an outcome that then names such a decision is counted as
@@ -27,6 +30,8 @@ import threading
 import time
 from collections import deque
 
+import numpy as np
+
 from decision.store.database import ProfileStore, profile_key_bytes
 from decision.store.records import pack_decision_head, pack_decision_value
 
@@ -35,6 +40,7 @@ log = logging.getLogger("decision.core.recording")
 MAX_QUEUED = 100_000
 MAX_BATCH = 2048
 FLUSH_S = 0.005  # the writer waits at most this for more records to share a commit
+YIELD_EVERY = 32  # records the writer packs before it offers the interpreter to requests
 
 
 def replay_facts(catalog) -> dict:
@@ -83,9 +89,9 @@ class Recorder:
         """Queue the record of ``decision``, decided by ``plan`` (a
         ``decision.core.experiments.Plan``: it keeps the records' head per placement);
         ``features``: the float32 vector the kernel read; ``shadow_ranked``: the shadow
-        arm's ranked rows, or None; ``support``: the eligible set's bit mask (uint8, by
-        catalog index) when the policy explored, else None (a greedy decision's record
-        cannot be replayed under another policy)."""
+        arm's ranked rows, or None; ``support``: the eligible set (uint8, 1 by catalog
+        index; the record keeps it as a bit mask) when the policy explored, else None (a
+        greedy decision's record cannot be replayed under another policy)."""
         if len(self._queue) >= MAX_QUEUED:
             self.dropped += 1
             if self.dropped % 10_000 == 1:
@@ -98,13 +104,10 @@ class Recorder:
             head = plan.heads[placement] = pack_decision_head(
                 channel, placement, d.catalog_version, d.model_version, d.experiment, d.arm,
                 d.policy, "" if plan.shadow is None else plan.shadow.arm)
-        owner = profile_key.to_bytes(8, "big") if profile_key else owner_of(0, identity)
-        ranked = d.ranked
-        self._queue.append((d.decision_id, owner, pack_decision_value(
-            head, d.decided_at_ms, profile_key, owner, d.eligible_count, features.tobytes(),
-            ranked.shape[1], ranked.tobytes(),
-            b"" if shadow_ranked is None else shadow_ranked.tobytes(),
-            b"" if support is None else support.tobytes())))
+        # the features are a view of the store's map, valid in this request only: copied;
+        # the kernel's arrays are the decision's own: the writer packs them
+        self._queue.append((d, head, profile_key, identity, features.tobytes(),
+                            shadow_ranked, support))
         if self._sleeping:
             self._sleeping = False
             self._wake.set()
@@ -138,7 +141,11 @@ class Recorder:
                 time.sleep(FLUSH_S)  # let a group gather for one commit
             while queue:
                 self._busy = True
-                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                batch = []
+                for _ in range(min(len(queue), MAX_BATCH)):
+                    batch.append(_packed(*queue.popleft()))
+                    if len(batch) % YIELD_EVERY == 0:
+                        time.sleep(0)  # let a waiting request have the interpreter
                 try:
                     self.store.write(lambda txn, rows=batch: self.store.record_decisions(
                         txn, rows))
@@ -148,3 +155,16 @@ class Recorder:
             self._busy = False
             if closing:
                 return
+
+
+def _packed(d, head: bytes, profile_key: int, identity: str, features: bytes, shadow_ranked,
+            support) -> tuple[str, bytes, bytes]:
+    """A queued decision as the (decision id, owner, value) row the store writes (on the
+    writer thread: the request thread only queues references)."""
+    owner = profile_key.to_bytes(8, "big") if profile_key else owner_of(0, identity)
+    ranked = d.ranked
+    return d.decision_id, owner, pack_decision_value(
+        head, d.decided_at_ms, profile_key, owner, d.eligible_count, features,
+        ranked.shape[1], ranked.tobytes(),
+        b"" if shadow_ranked is None else shadow_ranked.tobytes(),
+        b"" if support is None else np.packbits(support, bitorder="little").tobytes())

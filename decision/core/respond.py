@@ -332,7 +332,7 @@ class Responder:
              contacts, verdict):
         """The kernel a plan calls for: ``decide_offers`` when greedy, else
         ``decide_explore``; (eligible count, ranked, eligible set: the exploring kernel's
-        bit mask, None when greedy)."""
+        flags by catalog index, None when greedy)."""
         catalog = active.catalog
         if plan.greedy:
             eligible, ranked, _ = decide_offers(
