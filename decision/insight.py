@@ -26,14 +26,14 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 def add_parsers(sub) -> None:
     models = sub.add_parser("models", help="what the learned models know (GetModel)")
-    _connection(models)
+    connection_args(models)
     models.add_argument("--offer", default="", help="one offer (default: every offer)")
     models.add_argument("--channel", default="", help="one channel's models")
     models.add_argument("--top", type=int, default=3, help="top features per offer")
     models.add_argument("--json", action="store_true", help="print the reply as JSON")
     models.set_defaults(run=cmd_models)
     records = sub.add_parser("records", help="decision records (GetDecisionRecords)")
-    _connection(records)
+    connection_args(records)
     records.add_argument("--decision-id", default="")
     records.add_argument("--since", default="1h", help="the last DURATION (default 1h)")
     records.add_argument("--limit", type=int, default=20)
@@ -41,13 +41,15 @@ def add_parsers(sub) -> None:
     records.set_defaults(run=cmd_records)
 
 
-def _connection(parser) -> None:
+def connection_args(parser) -> None:
+    """--address, --token, --tls-ca: how a command reaches a server."""
     parser.add_argument("--address", default=DEFAULT_ADDRESS)
     parser.add_argument("--token", help="default: the DECISION_TOKEN environment variable")
     parser.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA")
 
 
-def _call(args, method: str, request):
+def call(args, method: str, request, timeout: float = 30):
+    """One RPC to the server ``connection_args`` named (a streamed reply as a list)."""
     token = args.token or os.environ.get("DECISION_TOKEN")
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     if args.tls_ca:
@@ -57,13 +59,13 @@ def _call(args, method: str, request):
         channel = grpc.insecure_channel(args.address)
     with channel:
         stub = pb_grpc.DecisionServiceStub(channel)
-        reply = getattr(stub, method)(request, timeout=30, metadata=metadata)
+        reply = getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         return list(reply) if method == "GetDecisionRecords" else reply
 
 
 def cmd_models(args) -> int:
     try:
-        info = _call(args, "GetModel", pb.GetModelRequest(
+        info = call(args, "GetModel", pb.GetModelRequest(
             offer_id=args.offer, channel=args.channel, top_features=args.top))
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -111,7 +113,7 @@ def cmd_records(args) -> int:
         request = pb.DecisionRecordsRequest(from_ms=now - since, to_ms=now + 1,
                                             limit=args.limit)
     try:
-        records = _call(args, "GetDecisionRecords", request)
+        records = call(args, "GetDecisionRecords", request)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

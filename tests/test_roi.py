@@ -322,6 +322,11 @@ def test_erasure_and_the_report_rpc_on_a_running_server(sim, tmp_path):
                 break
             time.sleep(0.5)
         assert out["totals"]["decisions"] == STEPS
+        by_cli = cli("report", "--address", address, "--by", "arm", "--json",
+                     str(tmp_path / "rpc.json"))  # the CLI asks the server (GetReport)
+        assert "lift against the control group" in by_cli.stdout
+        asked = json.loads((tmp_path / "rpc.json").read_text())
+        assert asked["totals"] == out["totals"] and asked["lift"] == out["lift"]
         assert sorted(reply.charts) == ["attribution_channel.png", "attribution_offer.png",
                                         "funnel.png", "lift.png", "revenue_by_channel.png"]
         assert all(png[:4] == b"\x89PNG" for png in reply.charts.values())

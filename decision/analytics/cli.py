@@ -3,7 +3,8 @@
     decision export --data-dir DIR [--out DIR --from T --to T]
     decision report --data-dir DIR [--from T --to T] [--by offer,channel,...]
                     [--json FILE] [--charts DIR] [--lookback 30d] [--half-life 7d]
-    decision report --address HOST:PORT ...     (the same, asked of a server: GetReport)
+    decision report [--address HOST:PORT] ...   (the same, asked of a server: GetReport;
+                                                 --token, --tls-ca as for decision models)
     decision whatif --data-dir DIR --catalog candidate.toml [--reward click] [--from T]
 
 T: an ISO date or time (UTC unless it says otherwise: 2026-12-01, 2026-12-01T08:00),
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from decision.analytics.export import ExportError, export
+from decision.insight import call, connection_args
 
 DEFAULT_LOOKBACK, DEFAULT_HALF_LIFE = "30d", "7d"
 
@@ -76,10 +78,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("report", help="what the decisions earned: rates, lift against "
                                       "the control group, attribution, charts")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--data-dir", help="the store's directory (read here)")
-    where.add_argument("--address", help="a server to ask (GetReport, role admin)")
-    p.add_argument("--token", help="for --address (default: DECISION_TOKEN)")
+    p.add_argument("--data-dir", help="the store's directory (read here), or:")
+    connection_args(p)  # --address: ask a server instead (GetReport, role report)
     _range_args(p)
     p.add_argument("--by", default="offer,channel,placement,segment,arm,day",
                    help="dimensions (default %(default)s)")
@@ -176,7 +176,7 @@ def cmd_report(args) -> int:
             start, end, tuple(d.strip() for d in args.by.split(",") if d.strip()),
             lookback, half_life, args.label, not args.no_attribution)
         rep.check(request)
-        if args.address:
+        if args.data_dir is None:
             out = _ask(args, request)
         else:
             store = _store(args.data_dir)
@@ -198,24 +198,18 @@ def cmd_report(args) -> int:
 
 
 def _ask(args, request) -> dict:
-    import os
-
+    """The report of a server (GetReport) instead of a store read here."""
     import grpc
 
     from decision.v1 import decision_pb2 as pb
-    from decision.v1 import decision_pb2_grpc as pb_grpc
 
-    token = args.token or os.environ.get("DECISION_TOKEN")
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    with grpc.insecure_channel(args.address) as channel:
-        try:
-            reply = pb_grpc.DecisionServiceStub(channel).GetReport(pb.ReportRequest(
-                from_ms=request.from_ms, to_ms=request.to_ms,
-                dimensions=list(request.dimensions), lookback_ms=request.lookback_ms,
-                half_life_ms=request.half_life_ms, label=request.label,
-                attribution=request.attribution), timeout=600, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise ExportError(f"{exc.code().name}: {exc.details()}") from None
+    try:
+        reply = call(args, "GetReport", pb.ReportRequest(
+            from_ms=request.from_ms, to_ms=request.to_ms, dimensions=list(request.dimensions),
+            lookback_ms=request.lookback_ms, half_life_ms=request.half_life_ms,
+            label=request.label, attribution=request.attribution), timeout=600)
+    except grpc.RpcError as exc:
+        raise ExportError(f"{args.address}: {exc.code().name}: {exc.details()}") from None
     return json.loads(reply.json)
 
 
