@@ -35,10 +35,10 @@ def parse_time(text: str, now_ms: int) -> int:
     text = text.strip()
     if text == "now":
         return now_ms
-    if text.isdigit() and len(text) > 8:
+    if text.isdigit():
         return int(text)
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = dt.datetime.fromisoformat(text)
     except ValueError:
         try:
             return now_ms - duration_ms(text, "time")
@@ -46,7 +46,7 @@ def parse_time(text: str, now_ms: int) -> int:
             raise ExportError(f"time {text!r}: an ISO date or time (2026-12-01, "
                               f"2026-12-01T08:00Z), epoch ms, or a duration ago (7d)") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1000)
 
 

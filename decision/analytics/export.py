@@ -355,7 +355,7 @@ def _erase(directory: Path, keys: set[int], owners: set[int]) -> int:
                 continue
             tmp = part.with_suffix(".tmp")
             con.execute(f"COPY (SELECT * FROM read_parquet('{src}') WHERE NOT ({cond})) "
-                        f"TO '{str(tmp)}' (FORMAT parquet, COMPRESSION zstd)")
+                        f"TO '{tmp!s}' (FORMAT parquet, COMPRESSION zstd)")
             os.replace(tmp, part)
             removed += hit
     con.close()

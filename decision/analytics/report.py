@@ -237,8 +237,12 @@ def report(directory: Path, request: ReportRequest) -> dict:
     con = connect(directory)
     try:
         _prepare(con, request)
-        out = {"range": {"from": iso(request.from_ms), "to": iso(request.to_ms),
-                         "from_ms": request.from_ms, "to_ms": request.to_ms},
+        first, last = con.execute("SELECT min(decided_ms), max(decided_ms) FROM d").fetchone()
+        shown_from = first if request.from_ms == 0 and first is not None else request.from_ms
+        out = {"range": {"from": iso(shown_from), "to": iso(request.to_ms),
+                         "from_ms": request.from_ms, "to_ms": request.to_ms,
+                         "first_decision": None if first is None else iso(first),
+                         "last_decision": None if last is None else iso(last)},
                "label": request.label,
                "totals": (_rows(con, f"SELECT 'all' AS key, {_SUMS} FROM d") or [{}])[0],
                "by": {dim: _by(con, dim) for dim in request.dimensions}}
@@ -260,14 +264,14 @@ def report(directory: Path, request: ReportRequest) -> dict:
 
 
 def iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(
         timespec="seconds").replace("+00:00", "Z")
 
 
 def render(out: dict) -> str:
     """The report as terminal tables."""
-    lines = [f"decision report {out['range']['from']} .. {out['range']['to']} "
-             f"(response = {out['label']})", ""]
+    lines = [(f"decision report {out['range']['from']} .. {out['range']['to']} "
+              f"(response = {out['label']})"), ""]
     head = ("decisions", "impressions", "clicks", "conversions", "revenue", "CTR", "conv.",
             "rev/decision")
 
@@ -280,7 +284,7 @@ def render(out: dict) -> str:
                      f"{r['revenue']:>12,.2f}", _pct(r["ctr"]), _pct(r["conversion_rate"]),
                      f"{r['revenue_per_decision']:>12.4f}" if r["revenue_per_decision"]
                      is not None else f"{'-':>12}"]
-            lines.append(f"{str(r.get('key', 'all')):<{width}}  " + "  ".join(cells))
+            lines.append(f"{r.get('key', 'all')!s:<{width}}  " + "  ".join(cells))
         lines.append("")
 
     table("total", [out["totals"]] if out["totals"].get("decisions") else [])

@@ -180,8 +180,8 @@ def whatif(directory: Path, candidate: Catalog, store, request: WhatIfRequest) -
                             seed=request.seed)
     return {"candidate": str(candidate.path), "candidate_version": candidate.version,
             "reward": request.reward, "decisions": logged["total"],
-            "replayed": int(len(reward)),
-            "left_out": logged["total"] - int(len(reward)),
+            "replayed": len(reward),
+            "left_out": logged["total"] - len(reward),
             "estimate": estimate, "logged_policy": baseline["ips"],
             "target_p": target_p, "decision_ids": rows["decision_id"]}
 
@@ -195,44 +195,47 @@ def _replay(candidate: Catalog, store, rows: dict, tables: dict[str, list[str]])
         posterior.load(store.models(r._txn))
     served = posterior.served("whatif")
     planner = Planner(prepared, served if candidate.learning.enabled else None)
-    index = candidate.offer_index
     visit_row = np.empty(len(candidate.offers), dtype=np.int32)
     visit_row[prepared.visit[0]] = np.arange(len(candidate.offers), dtype=np.int32)
     n = len(rows["decision_id"])
     target_p, q_logged, q_target = np.zeros(n), np.zeros(n), np.zeros(n)
-    groups: dict[int, list[np.ndarray]] = {}
-    plans = []
-    channels, channel_code = np.unique(rows["channel"].astype(str), return_inverse=True)
-    pair = channel_code.astype(np.uint64) << np.uint64(48) | rows["profile_key"].astype(
-        np.uint64)  # profile keys are far below 2^48
-    pairs, inverse = np.unique(pair, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(pairs.shape[0] + 1))
-    for u in range(pairs.shape[0]):  # one plan per customer and channel
-        channel = str(channels[int(pairs[u] >> np.uint64(48))])
-        key = int(pairs[u] & np.uint64((1 << 48) - 1))
-        if channel not in candidate.channels:
-            continue  # the candidate does not serve it: it shows nothing there
-        plan = planner.plan(channel, f"{key:016x}")
-        if plan.empty:
-            continue
-        groups.setdefault(id(plan), []).append(order[bounds[u]:bounds[u + 1]])
-        plans.append(plan)
     versions = rows["catalog_version"]
-    by_id = {id(p): p for p in plans}
-    for pid, members in groups.items():
-        plan = by_id[pid]
-        members = np.sort(np.concatenate(members))
+    for plan, members in _by_plan(planner, candidate, rows):
         members = members[np.argsort(versions[members], kind="stable")]
-        g = candidate.learning.group_of(str(rows["channel"][members[0]]))
-        q_visit = served.visits[g]
-        x, indptr, elig, logged = _eligible(rows, members, tables, index, visit_row)
+        q_visit = served.visits[candidate.learning.group_of(str(rows["channel"][members[0]]))]
+        x, indptr, elig, logged = _eligible(rows, members, tables, candidate.offer_index,
+                                            visit_row)
         t, ql, qt = replay_first_slot(
             x, indptr, elig, logged, *_typed(plan.visit[5], plan.visit[6], plan.visit[4],
                                               plan.var_w, plan.var_b),
             int(plan.code), float(plan.param), *_typed(q_visit[5], q_visit[6]))
         target_p[members], q_logged[members], q_target[members] = t, ql, qt
     return target_p, q_logged, q_target
+
+
+def _by_plan(planner: Planner, candidate: Catalog, rows: dict):
+    """(plan, the decisions it decides) under the candidate: one plan per customer and
+    channel (the control group, the arm), found once per distinct pair. Decisions on
+    a channel the candidate does not serve, or in a control group that shows nothing,
+    are left out: the candidate shows nothing there (probability 0)."""
+    channels, channel_code = np.unique(rows["channel"].astype(str), return_inverse=True)
+    pair = channel_code.astype(np.uint64) << np.uint64(48) | rows["profile_key"].astype(
+        np.uint64)  # profile keys are far below 2^48
+    pairs, inverse = np.unique(pair, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(pairs.shape[0] + 1))
+    members: dict[int, list[np.ndarray]] = {}
+    plans = {}
+    for u in range(pairs.shape[0]):
+        channel = str(channels[int(pairs[u] >> np.uint64(48))])
+        if channel not in candidate.channels:
+            continue
+        plan = planner.plan(channel, f"{int(pairs[u] & np.uint64((1 << 48) - 1)):016x}")
+        if plan.empty:
+            continue
+        plans[id(plan)] = plan
+        members.setdefault(id(plan), []).append(order[bounds[u]:bounds[u + 1]])
+    return [(plans[p], np.sort(np.concatenate(m))) for p, m in members.items()]
 
 
 def _typed(*arrays) -> list[np.ndarray]:
@@ -265,7 +268,7 @@ def _eligible(rows: dict, members: np.ndarray, tables: dict[str, list[str]],
         cols = cols[np.argsort(mine[cols], kind="stable")]  # the candidate's catalog order
         order = mine[cols]
         member = bits[:, cols].astype(bool)
-        r, c = np.nonzero(member)
+        _, c = np.nonzero(member)
         elig.append(visit_row[order[c]])
         indptr.append(indptr[-1][-1] + np.cumsum(member.sum(axis=1)))
         first = np.array([index.get(str(o), -1) for o in rows["offer_id"][sel]])
@@ -278,12 +281,13 @@ def _eligible(rows: dict, members: np.ndarray, tables: dict[str, list[str]],
             np.concatenate(elig).astype(np.int32), np.concatenate(logged).astype(np.int64))
 
 
-def render(out: dict, truth: float | None = None) -> str:
+def render(out: dict) -> str:
     """The estimate as a terminal table."""
     e = out["estimate"]
-    lines = [f"decision whatif: {out['candidate']} ({out['reward']} per decision, first "
-             f"slot), {out['replayed']:,} of {out['decisions']:,} decisions replayed "
-             f"({out['left_out']:,} without logged probabilities left out)",
+    lines = [(f"decision whatif: {out['candidate']} ({out['reward']} per decision, first "
+              f"slot), {out['replayed']:,} of {out['decisions']:,} decisions replayed "
+              f"({out['left_out']:,} left out: decided greedily, or before the customer "
+              "had a profile)"),
              f"{'estimator':<26} {'value':>10} {'95% interval':>24}"]
     lb = out["logged_policy"]
     lines.append(f"{'logged policy (on-policy)':<26} {lb['value']:>10.4f} "
@@ -293,8 +297,6 @@ def render(out: dict, truth: float | None = None) -> str:
             v = e[name]
             lines.append(f"{'candidate ' + name.upper():<26} {v['value']:>10.4f} "
                          f"[{v['lo']:>9.4f}, {v['hi']:>9.4f}]")
-    if truth is not None:
-        lines.append(f"{'truth (simulator)':<26} {truth:>10.4f}")
     lines.append(f"effective sample size {e['ess']:,.0f} ({e['ess_share']:.1%} of the "
                  f"decisions), max weight {e['max_weight']:.1f}, mean weight "
                  f"{e['mean_weight']:.3f}")
