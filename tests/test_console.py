@@ -442,6 +442,14 @@ def test_answers_send_outcomes_and_the_list_updates(console, api_a, browser):
     assert api_a.counter("L-200", "impressions") == 3
     assert "travel-insurance" in offer_ids(browser)  # an impression alone removes nothing
     assert (api_a.counter("L-200", "accepted"), api_a.counter("L-200", "declined")) == (1, 1)
+    # the card's contact history: every outcome sent, newest first, with its offer
+    wait_for(browser, lambda d: len(d.find_elements(
+        By.CSS_SELECTOR, "#profile .contacts li")) == 5, what="five contacts on the card")
+    contacts = [li.text.split()[:2] for li in browser.find_elements(
+        By.CSS_SELECTOR, "#profile .contacts li")]
+    assert contacts == [["impression", "travel-insurance"], ["dismissal", "lounge-pass"],
+                        ["impression", "lounge-pass"], ["click", "priority-boarding"],
+                        ["impression", "priority-boarding"]]
 
 
 def test_seat_change_through_another_process_shows_within_a_second(console, api_a, api_b,
@@ -477,6 +485,8 @@ def test_seat_change_through_another_process_shows_within_a_second(console, api_
     assert offer_ids(browser)[0] == "front-row-meal"  # the new best action
     changed = browser.find_element(By.CSS_SELECTOR, '#profile [data-name="seat"]')
     assert "changed" in changed.get_attribute("class")  # marked for the agent
+    latest = browser.find_element(By.CSS_SELECTOR, "#profile .activity li")
+    assert latest.text.startswith("seat_change")  # the card's recent events, newest first
     print(f"live update: shown {took_s * 1000:.0f} ms after Track returned")
     screenshot(browser, "agent-live-seat-change")
 

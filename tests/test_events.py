@@ -55,6 +55,17 @@ def test_track_applies_the_declared_effects_at_once(stub):
     assert got.features["recency"] == 0.0
 
 
+def test_the_profile_remembers_its_last_twenty_events(stub):
+    stub.Track(purchase("rita", 10.0, sku="A1"))
+    for i in range(24):
+        stub.Track(pb.Event(type="page_view", customer=ident("rita"), channel="web",
+                            attributes={"page": text(f"p{i}")}))
+    got = stub.GetProfile(pb.GetProfileRequest(customer=ident("rita"))).recent_events
+    assert len(got) == 20  # the purchase and the first four page views are forgotten
+    assert [e.type for e in got] == ["page_view"] * 20
+    assert got[0].at_ms >= got[-1].at_ms and got[0].channel == "web"  # newest first
+
+
 def test_next_decision_sees_the_event(stub):
     ask = pb.DecideRequest(customer=ident("fay"), channel="web", context={"country": text("FR")})
     stub.UpsertProfile(pb.UpsertProfileRequest(

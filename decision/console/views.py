@@ -44,6 +44,22 @@ class ProfileView:
     created: str
     updated: str
     updated_at_ms: int
+    events: list[Activity] = ()  #: the last events, newest first (every kind)
+    contacts: list[Activity] = ()  #: the outcome events among them: the offers shown
+
+
+OUTCOME_KINDS = ("impression", "click", "conversion", "dismissal")
+RECENT_SHOWN = 10  #: events listed on the card (the server returns up to 20)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One event on the profile card."""
+
+    type: str
+    when: str
+    channel: str
+    offer: str
 
 
 @dataclass(frozen=True)
@@ -149,7 +165,13 @@ def profile_view(profile: pb.Profile, kind: str, value: str,
         zero_features=len(profile.features) - len(features),
         created=format_time(profile.created_at_ms), updated=format_time(profile.updated_at_ms),
         updated_at_ms=profile.updated_at_ms,
+        events=[activity(e) for e in profile.recent_events[:RECENT_SHOWN]],
+        contacts=[activity(e) for e in profile.recent_events if e.type in OUTCOME_KINDS],
     )
+
+
+def activity(e: pb.ProfileEvent) -> Activity:
+    return Activity(e.type, format_time(e.at_ms), e.channel, e.offer_id)
 
 
 def creative_view(creative_json: str) -> Creative:

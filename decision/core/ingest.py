@@ -34,7 +34,7 @@ from decision.core.requests import Identifier, IdentifierCheck
 from decision.errors import DecisionError, InvalidArgument, NotFound, Unavailable
 from decision.settings import Limits
 from decision.store.database import ProfileStore, identity_key
-from decision.store.layout import AttributeValue, ProfileRecord
+from decision.store.layout import AttributeValue, ProfileRecord, remember
 from decision.store.records import OutcomeRecord, ScheduledAction
 
 log = logging.getLogger("decision.core.ingest")
@@ -82,6 +82,9 @@ class ValidEvent(NamedTuple):
     data: dict
     contact_tag: int = 0  # outcome events: the contact they add (decision.config.policies)
     outcome: OutcomeRecord | None = None  # an outcome naming a decision, to learn from
+    channel: str = ""
+    offer_id: str = ""
+    decision_id: str = ""
 
     @property
     def dedupe_key(self) -> bytes:
@@ -151,7 +154,7 @@ def validate(event: Event, catalog: Catalog, identifier, now_ms: int, limits) ->
                                 event.channel, float(revenue) if isinstance(
                                     revenue, (int, float)) else 0.0, 0)
     return ValidEvent(event_type, kind, value, event.event_id.encode(), time_ms, data, tag,
-                      outcome)
+                      outcome, event.channel, event.offer_id, event.decision_id)
 
 
 # An outcome may name a decision whose record is still on its way to the store (written
@@ -229,6 +232,8 @@ def apply_batch(store, batch: list[ValidEvent], feature_count: int, now_ms: int,
                                        identifiers=[(ev.kind, ev.value)],
                                        created_at_ms=now_ms)
             event_actions.apply(ev.event_type, record, ev.data, ev.time_ms)
+            record.recent = remember(record.recent, [ev.event_type.name, ev.time_ms, ev.channel,
+                                                     ev.offer_id, ev.decision_id])
             if ev.contact_tag:
                 record.contacts = record_contact(record.contacts, ev.time_ms, ev.contact_tag,
                                                  now_ms, horizons)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping, NamedTuple
 
+import msgpack
 import numpy as np
 
 from decision.config.catalog import Catalog
@@ -22,7 +23,7 @@ from decision.errors import CorruptProfile, FailedPrecondition, InvalidArgument,
 from decision.settings import Limits
 from decision.store import layout
 from decision.store.database import ProfileStore
-from decision.store.layout import AttributeValue, ProfileRecord
+from decision.store.layout import RECENT_EVENTS, AttributeValue, ProfileRecord, recent_events
 
 
 class ProfileUpdate(NamedTuple):
@@ -250,8 +251,11 @@ def merge_profiles(records: list[ProfileRecord]) -> ProfileRecord:
     merged_keys = [k for r in records if r.key != survivor.key for k in (r.key, *r.merged_keys)]
     contacts = trim_contacts(np.concatenate(
         [np.asarray(r.contacts, dtype=np.int64).reshape(-1, 2) for r in records]), 0, None)
+    recent = [raw for _, raw in sorted(
+        ((e[1], msgpack.packb(e)) for r in records for e in recent_events(r)),
+        key=lambda pair: pair[0])]
     return ProfileRecord(key=survivor.key, features=by_recency[-1].features.copy(),
-                         contacts=contacts,
+                         contacts=contacts, recent=recent[-RECENT_EVENTS:],
                          attributes=attributes, counters=counters, identifiers=identifiers,
                          segments=list(survivor.segments),  # changes become triggers
                          merged_keys=survivor.merged_keys + merged_keys,

@@ -35,7 +35,7 @@ from decision.core.ingest import Event
 from decision.core.prepared import COLD_START, N_FEATURE_REASONS
 from decision.core.requests import Identifier
 from decision.core.respond import DecideQuery, Decision
-from decision.store.layout import ProfileRecord
+from decision.store.layout import ProfileRecord, recent_events
 from decision.core.learning import ModelInsight
 from decision.store.records import DecisionRecord, Trigger
 from decision.v1 import decision_pb2 as pb
@@ -291,6 +291,8 @@ def profile(p: ProfileRecord, feature_names: tuple[str, ...]) -> pb.Profile:
         features={n: float(v) for n, v in zip(feature_names, p.features.tolist())},
         counters=p.counters, segments=p.segments, created_at_ms=p.created_at_ms,
         updated_at_ms=p.updated_at_ms,
+        recent_events=[pb.ProfileEvent(type=t, at_ms=at, channel=c, offer_id=o, decision_id=d)
+                       for t, at, c, o, d in reversed(recent_events(p))],
     )
 
 

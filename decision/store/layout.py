@@ -20,7 +20,12 @@ A profile value is a fixed binary head the kernels read in place, then msgpack::
                                 "i": identifiers [[kind, value], ...],
                                 "s": segments the profile belongs to [name, ...],
                                 "m": keys of the profiles merged into it [int, ...],
-                                "t": created_at_ms}
+                                "t": created_at_ms,
+                                "e": the last RECENT_EVENTS events applied, oldest
+                                     first, each msgpack [type, at_ms, channel,
+                                     offer_id, decision_id] packed on its own (bytes:
+                                     an event's write decodes and re-encodes 20 bytes
+                                     objects, not 100 strings) (absent: none)}
 
 The head is 16 bytes so the feature vector is 4-byte aligned relative to the value;
 numba reads it either way (unaligned views compile to the same signature). Readers
@@ -63,6 +68,7 @@ class ProfileRecord:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     contacts: np.ndarray = field(default_factory=lambda: NO_CONTACTS)  # int64[H, 2]: (at_ms, tag), oldest first
+    recent: list[bytes] = field(default_factory=list)  # the last events, oldest first ("e")
 
 
 def contacts_offset(n_features: int) -> int:
@@ -83,7 +89,8 @@ def encode(record: ProfileRecord) -> bytes:
     tail = msgpack.packb(
         {"a": record.attributes, "c": record.counters,
          "i": [list(i) for i in record.identifiers], "s": record.segments,
-         "m": record.merged_keys, "t": record.created_at_ms},
+         "m": record.merged_keys, "t": record.created_at_ms,
+         **({"e": record.recent} if record.recent else {})},
         use_bin_type=True,
     )
     return body + tail
@@ -145,7 +152,8 @@ _CONTACTS = struct.Struct("<H")
 
 
 _TAIL_SHAPE = {"a": dict, "c": dict, "i": list, "t": int}
-_TAIL_OPTIONAL = {"s": list, "m": list}  # added within layout 1: absent means empty
+_TAIL_OPTIONAL = {"s": list, "m": list, "e": list}  # added within layout 1: absent = empty
+RECENT_EVENTS = 20  # the events a profile remembers (GetProfile's recent_events)
 
 
 def decode_tail(buf, n_features: int, key: int, tail_at: int | None = None) -> dict:
@@ -194,6 +202,8 @@ def _check_values(tail: dict, key: int) -> None:
     for k in tail["m"]:
         if type(k) is not int or k not in _UINT64:
             what = "merged profile keys are not profile keys"
+    if not all(type(e) is bytes for e in tail["e"]):
+        what = "recent events are not packed events"
     if tail["t"] not in _INT64:
         what = f"created_at_ms {tail['t']} is out of range"
     if what is not None:
@@ -220,4 +230,27 @@ def decode(buf, key: int) -> ProfileRecord:
         created_at_ms=tail["t"],
         updated_at_ms=HEAD.unpack_from(buf)[5],
         contacts=contacts_view(buf, n_features).copy(),
+        recent=list(tail["e"]),
     )
+
+
+def remember(recent: list[bytes], event: list) -> list[bytes]:
+    """The recent events with one more ([type, at_ms, channel, offer_id, decision_id]),
+    the oldest dropped past ``RECENT_EVENTS``."""
+    recent = [*recent, msgpack.packb(event)]
+    return recent[-RECENT_EVENTS:] if len(recent) > RECENT_EVENTS else recent
+
+
+def recent_events(record: ProfileRecord) -> list[list]:
+    """The recent events, unpacked: [[type, at_ms, channel, offer_id, decision_id], ...],
+    oldest first. An entry that does not unpack as one is left out."""
+    out = []
+    for raw in record.recent:
+        try:
+            e = msgpack.unpackb(raw)
+        except (ValueError, msgpack.UnpackException):
+            continue
+        if (type(e) is list and len(e) == 5 and type(e[1]) is int
+                and all(type(e[i]) is str for i in (0, 2, 3, 4))):
+            out.append(e)
+    return out

@@ -140,7 +140,7 @@ class GetProfileRequest(_message.Message):
     def __init__(self, customer: _Optional[_Union[Identifier, _Mapping]] = ...) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ("profile_key", "identifiers", "attributes", "features", "counters", "created_at_ms", "updated_at_ms", "segments")
+    __slots__ = ("profile_key", "identifiers", "attributes", "features", "counters", "created_at_ms", "updated_at_ms", "segments", "recent_events")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class Profile(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     profile_key: str
     identifiers: _containers.RepeatedCompositeFieldContainer[Identifier]
     attributes: _containers.MessageMap[str, Value]
@@ -178,7 +179,22 @@ class Profile(_message.Message):
     created_at_ms: int
     updated_at_ms: int
     segments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., features: _Optional[_Mapping[str, float]] = ..., counters: _Optional[_Mapping[str, float]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., segments: _Optional[_Iterable[str]] = ...) -> None: ...
+    recent_events: _containers.RepeatedCompositeFieldContainer[ProfileEvent]
+    def __init__(self, profile_key: _Optional[str] = ..., identifiers: _Optional[_Iterable[_Union[Identifier, _Mapping]]] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., features: _Optional[_Mapping[str, float]] = ..., counters: _Optional[_Mapping[str, float]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., segments: _Optional[_Iterable[str]] = ..., recent_events: _Optional[_Iterable[_Union[ProfileEvent, _Mapping]]] = ...) -> None: ...
+
+class ProfileEvent(_message.Message):
+    __slots__ = ("type", "at_ms", "channel", "offer_id", "decision_id")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    at_ms: int
+    channel: str
+    offer_id: str
+    decision_id: str
+    def __init__(self, type: _Optional[str] = ..., at_ms: _Optional[int] = ..., channel: _Optional[str] = ..., offer_id: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
 
 class UpsertProfileRequest(_message.Message):
     __slots__ = ("identifiers", "attributes", "features")
