@@ -22,14 +22,16 @@ from kernels.scoring import logit_of, sigmoid
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def replay_first_slot(x, indptr, rows, logged, weights, bias, value, var_w, var_b, policy,
-                      param, q_weights, q_bias):
+def replay_first_slot(x, indptr, rows, logged, k, weights, bias, value, var_w, var_b,
+                      policy, param, q_weights, q_bias):
     """Per decision i: its eligible offers are ``rows[indptr[i]:indptr[i + 1]]`` (visit
     rows of the candidate, in catalog order), the logged first offer is the
     ``logged[i]``-th of them (-1: not among the candidate's offers). Returns
     (target_p, q_logged, q_target) float64[N]: the candidate's probability of the
     logged offer, the reward model's (sigmoid of ``q_weights . x + q_bias``) for the
-    logged offer, and its expectation under the candidate's distribution."""
+    logged offer, and its expectation under the candidate's distribution. ``k``: each
+    decision's number of slots (Thompson sampling draws among the ``THOMPSON_CANDIDATES
+    + k - 1`` offers with the best optimistic scores, as ``decide_explore`` does)."""
     n = logged.shape[0]
     target_p = np.zeros(n)
     q_logged = np.zeros(n)
@@ -55,8 +57,9 @@ def replay_first_slot(x, indptr, rows, logged, weights, bias, value, var_w, var_
                     v += np.float64(var_w[j, f]) * np.float64(xi[f]) ** 2
                 s[e] = v
         p = np.zeros(m)
-        if policy == THOMPSON and m > THOMPSON_CANDIDATES:
-            keep = optimistic_candidates(z, s, vl, THOMPSON_CANDIDATES)
+        cut = THOMPSON_CANDIDATES + max(k[i], 1) - 1
+        if policy == THOMPSON and m > cut:
+            keep = optimistic_candidates(z, s, vl, cut)
             pk = slot_distribution(z[keep], s[keep], vl[keep],
                                    np.zeros(keep.shape[0], dtype=np.bool_), policy, param)
             for e in range(keep.shape[0]):

@@ -36,6 +36,9 @@ def parse_time(text: str, now_ms: int) -> int:
     if text == "now":
         return now_ms
     if text.isdigit():
+        if int(text) < 100_000_000_000 and int(text) != 0:  # before 1973: not epoch ms
+            raise ExportError(f"time {text!r}: digits are epoch milliseconds (13 digits "
+                              f"today); for a date write 2026-12-01")
         return int(text)
     try:
         when = dt.datetime.fromisoformat(text)

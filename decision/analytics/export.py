@@ -161,9 +161,9 @@ def export(store: ProfileStore, directory: Path, *, from_ms: int | None = None,
     ranged = from_ms is not None or to_ms is not None
     if ranged:
         from_ms, to_ms = check_range(from_ms or 0, now_ms if to_ms is None else to_ms)
-        if (directory / "state.json").exists():
-            raise ExportError(f"{directory}: an incremental export lives there; a time "
-                              f"range goes to a directory of its own (--out)")
+        if (directory / "state.json").exists() or any(directory.glob("*/part-*")):
+            raise ExportError(f"{directory}: not empty; a time range goes to a directory of "
+                              f"its own (--out, a new or empty one)")
     directory.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
         (directory / name).mkdir(exist_ok=True)
@@ -179,6 +179,9 @@ def _export(store: ProfileStore, directory: Path, ranged: bool, from_ms, to_ms,
             settled_ms: int) -> dict[str, int]:
     state = State() if ranged else State.load(directory)
     state.part += 1
+    for table in TABLES:  # what a run that stopped before saving its state left
+        for left in (directory / table).glob(f"part-{state.part:06d}-*"):
+            left.unlink()
     rows = dict.fromkeys(TABLES, 0)
     upper = min(settled_ms, to_ms) if ranged else settled_ms
     lower = from_ms if ranged else 0
@@ -239,7 +242,10 @@ def _export_decisions(store: ProfileStore, directory: Path, state: State, from_m
         ids.update(d["decision_id"])
         after = page[-1][0]
         state.decisions_after = after.decode()
-    new = [v for v in tables if v not in state.versions and tables[v] is not None]
+    facts = {v: store.catalog_facts(v) for v in tables if v not in state.versions}
+    # a version is exported once its offers and facts are both known (a server that
+    # recorded it before it kept facts writes them at its next start)
+    new = [v for v, f in facts.items() if tables[v] is not None and f is not None]
     if new:
         cols = {"catalog_version": [], "offer_index": [], "offer_id": [], "value": [],
                 "lever": []}
@@ -248,9 +254,8 @@ def _export_decisions(store: ProfileStore, directory: Path, state: State, from_m
                 for name, x in zip(cols, (v, i, oid, value, lever)):
                     cols[name].append(x)
         rows["offers"] += _write(directory, "offers", state, cols)
-        facts = {v: store.catalog_facts(v) for v in new}
         rows["catalogs"] += _write(directory, "catalogs", state, {
-            "catalog_version": list(facts), "facts": [json.dumps(f) for f in facts.values()]})
+            "catalog_version": new, "facts": [json.dumps(facts[v]) for v in new]})
         state.versions += new
     return ids
 

@@ -103,7 +103,7 @@ def _logged(con, request: WhatIfRequest) -> dict:
     rows = con.sql(f"""
         WITH first AS (
             SELECT d.decision_id, d.profile_key, d.channel, d.catalog_version, d.features,
-                   d.support, s.offer_index, s.offer_id, s.probability
+                   d.support, d.shown, s.offer_index, s.offer_id, s.probability
             FROM decisions d JOIN shown s ON s.decision_id = d.decision_id AND s.rank = 1
             WHERE d.decided_ms >= {from_ms} AND d.decided_ms < {to_ms}
               AND octet_length(d.support) > 0 AND s.probability > 0),
@@ -165,11 +165,13 @@ def whatif(directory: Path, candidate: Catalog, store, request: WhatIfRequest) -
     known = rows["profile_key"] != 0
     rows = {k: v[known] for k, v in rows.items()}
     if not len(rows["decision_id"]):
+        greedy, cold = logged["total"] - logged["replayable"], int((~known).sum())
         raise ExportError(
             f"none of the {logged['total']:,} decisions in that range can be replayed: "
-            "their records hold no logged probabilities over an eligible set (decided "
-            "greedily, or before exploration was on). Turn exploration on for a channel "
-            "([explore] in the catalog), let it record, then evaluate")
+            f"{greedy:,} hold no logged probabilities over an eligible set (decided "
+            f"greedily, or before exploration was on) and {cold:,} were made before the "
+            "customer had a profile (their arm cannot be told). Turn exploration on for a "
+            "channel ([explore] in the catalog), let it record, then evaluate")
     check_candidate(candidate, {v: facts.get(v) for v in versions})
     target_p, q_logged, q_target = _replay(candidate, store, rows, tables)
     reward = rows["reward"].astype(np.float64)
@@ -206,8 +208,8 @@ def _replay(candidate: Catalog, store, rows: dict, tables: dict[str, list[str]])
         x, indptr, elig, logged = _eligible(rows, members, tables, candidate.offer_index,
                                             visit_row)
         t, ql, qt = replay_first_slot(
-            x, indptr, elig, logged, *_typed(plan.visit[5], plan.visit[6], plan.visit[4],
-                                              plan.var_w, plan.var_b),
+            x, indptr, elig, logged, rows["shown"][members].astype(np.int64),
+            *_typed(plan.visit[5], plan.visit[6], plan.visit[4], plan.var_w, plan.var_b),
             int(plan.code), float(plan.param), *_typed(q_visit[5], q_visit[6]))
         target_p[members], q_logged[members], q_target[members] = t, ql, qt
     return target_p, q_logged, q_target

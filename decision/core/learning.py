@@ -62,7 +62,8 @@ MAX_EXPIRED = 20_000
 UNKNOWN_GRACE_MS = 10_000  # a decision may be recorded this long after its outcome
 AUC_RECENT = 1000  # examples per offer kept to compute the AUC on
 SHARED = "shared"
-CLEANUP_EVERY_S = 60.0
+CLEANUP_EVERY_S = 5.0
+EXPIRE_PER_CLEANUP = 10_000  # per CLEANUP_EVERY_S: 2,000/s sustained, in short transactions
 
 
 def signature(catalog: Catalog) -> str:
@@ -374,9 +375,11 @@ class Learner:
 
     def _expire(self, txn, cutoff_ms: int) -> None:
         """The retention: records and outcomes older than ``cutoff_ms`` go (the outcomes
-        log is kept that long, whatever the learner's cursor, for the export)."""
-        self.store.expire_decisions(txn, cutoff_ms, 10_000)
-        self.store.expire_outcomes(txn, cutoff_ms, 10_000)
+        log is kept that long, whatever the learner's cursor, for the export), at most
+        ``EXPIRE_PER_CLEANUP`` of each every ``CLEANUP_EVERY_S``: 2,000/s sustained, each
+        cleanup a short write transaction."""
+        self.store.expire_decisions(txn, cutoff_ms, EXPIRE_PER_CLEANUP)
+        self.store.expire_outcomes(txn, cutoff_ms, EXPIRE_PER_CLEANUP)
 
     def _join(self, txn, learning: Learning, record, outcome: OutcomeRecord, counts: dict,
               example) -> None:

@@ -172,7 +172,12 @@ class Profiles:
             try:
                 record = None if key is None else store.load(txn, key)
             except CorruptProfile:  # undecodable: erase by key, it must not block erasure
-                return key, *store.delete_undecodable_profile(txn, key)
+                removed = store.delete_undecodable_profile(txn, key)
+                owners = [owner_of(key, ""), owner_of(0, f"{kind}\x1f{value}")]
+                store.delete_decisions(txn, owners)
+                store.erase_outcomes(txn, {key})
+                store.log_erasure(txn, int(self.clock() * 1000), [key], owners)
+                return key, *removed
             if record is None:
                 raise NotFound(f"customer: no profile for {kind} {value!r}")
             removed = store.delete_profile(txn, record)

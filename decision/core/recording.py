@@ -142,9 +142,14 @@ class Recorder:
             while queue:
                 self._busy = True
                 batch = []
-                for _ in range(min(len(queue), MAX_BATCH)):
-                    batch.append(_packed(*queue.popleft()))
-                    if len(batch) % YIELD_EVERY == 0:
+                for n in range(min(len(queue), MAX_BATCH)):
+                    item = queue.popleft()
+                    try:
+                        batch.append(_packed(*item))
+                    except Exception:  # one bad record must not stop the writer
+                        self.dropped += 1
+                        log.exception("decision records: one could not be packed")
+                    if n % YIELD_EVERY == YIELD_EVERY - 1:
                         time.sleep(0)  # let a waiting request have the interpreter
                 try:
                     self.store.write(lambda txn, rows=batch: self.store.record_decisions(

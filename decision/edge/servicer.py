@@ -284,11 +284,16 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 def forget_in_export(store, directory: Path) -> None:
     """The Parquet export the server manages forgets an erased customer too, before
     ``ForgetCustomer`` answers (``decision.analytics.export``); without an export, the
-    erasure's note to it is dropped at once."""
+    erasure's note to it is dropped at once. A rewrite that fails leaves the note, which
+    the next export applies: the erasure itself is committed, so the call answers."""
     if (directory / "state.json").exists():
         from decision.analytics.export import apply_erasures
 
-        apply_erasures(store, directory)
+        try:
+            apply_erasures(store, directory)
+        except Exception:  # the erasure is committed; its note stays for the next export
+            log.exception("ForgetCustomer: the export in %s keeps the customer's rows until "
+                          "the next decision export applies the erasure", directory.name)
     else:
         store.drop_erasures([entry for entry, _, _ in store.pending_erasures()])
 

@@ -542,12 +542,13 @@ class ProfileStore:
         of its records must hold equal (``catalog_facts``)."""
         key = f"offers\x1f{version}".encode()
 
+        facts_key = f"catalog\x1f{version}".encode()
+
         def work(txn):
             if txn.get(key, db=self.meta_db) is None:
                 txn.put(key, msgpack.packb([list(o) for o in offers]), db=self.meta_db)
-                if facts is not None:
-                    txn.put(f"catalog\x1f{version}".encode(), msgpack.packb(facts),
-                            db=self.meta_db)
+            if facts is not None and txn.get(facts_key, db=self.meta_db) is None:
+                txn.put(facts_key, msgpack.packb(facts), db=self.meta_db)
 
         self.write(work)
 
@@ -710,8 +711,8 @@ class ProfileStore:
                   merged: list[int]) -> None:
         """Record that the profiles ``merged`` are now ``survivor`` (in the merge's
         transaction)."""
-        txn.put(self._MERGES + at_ms.to_bytes(8, "big") + profile_key_bytes(survivor),
-                msgpack.packb(sorted(merged)), db=self.meta_db)
+        txn.put(self._MERGES + at_ms.to_bytes(8, "big") + profile_key_bytes(survivor)
+                + os.urandom(4), msgpack.packb(sorted(merged)), db=self.meta_db)
 
     def log_erasure(self, txn: lmdb.Transaction, at_ms: int, keys: list[int],
                     owners: list[bytes]) -> None:
@@ -724,7 +725,8 @@ class ProfileStore:
                 k = bytes(k)
                 if not k.startswith(self._MERGES):
                     break
-                survivor = int.from_bytes(k[-8:], "big")
+                survivor = int.from_bytes(k[len(self._MERGES) + 8:len(self._MERGES) + 16],
+                                          "big")
                 if survivor in keys or set(msgpack.unpackb(v)) & set(keys):
                     doomed.append(k)
         for k in doomed:
@@ -747,7 +749,7 @@ class ProfileStore:
 
     def merges_since(self, since_ms: int) -> list[tuple[int, int, list[int]]]:
         """(at ms, survivor, merged keys) of the merges at or after ``since_ms``."""
-        return [(at, int.from_bytes(tail, "big"), merged)
+        return [(at, int.from_bytes(tail[:8], "big"), merged)
                 for at, tail, merged in self._log(self._MERGES, since_ms)]
 
     def pending_erasures(self) -> list[tuple[bytes, list[int], list[bytes]]]:
