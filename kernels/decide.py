@@ -29,9 +29,10 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.eligibility import MAX_STACK, distinct_programs, in_scope, run_program, run_programs
-from kernels.explore import EPSILON, RANDOM, THOMPSON, choose
+from kernels.explore import EPSILON, RANDOM, THOMPSON, choose, logit_variance_of
 from kernels.policies import contact_blocks
 from kernels.scoring import logit_of, sigmoid, top_contributions
+from kernels.selection import top_k
 
 # The columns of a ranked row before its reasons: offer index, score, propensity, and
 # the probability with which the policy chose the offer at its rank.
@@ -259,24 +260,10 @@ THOMPSON_CANDIDATES = 8  # offers Thompson sampling draws among, per slot (see d
 def optimistic_candidates(z, s, vl, m):
     """Positions of the ``m`` offers with the highest optimistic score
     sigmoid(z + 2 sqrt(s)) x vl (ties: lower position), in ascending position."""
-    n = z.shape[0]
-    best = np.empty(m, dtype=np.int64)
-    best_score = np.empty(m, dtype=np.float64)
-    size = 0
-    for e in range(n):
-        u = sigmoid(z[e] + 2.0 * math.sqrt(max(s[e], 0.0))) * vl[e]
-        if size == m and not u > best_score[m - 1]:
-            continue
-        pos = size if size < m else m - 1
-        while pos > 0 and best_score[pos - 1] < u:
-            best[pos] = best[pos - 1]
-            best_score[pos] = best_score[pos - 1]
-            pos -= 1
-        best[pos] = e
-        best_score[pos] = u
-        if size < m:
-            size += 1
-    return np.sort(best[:size])
+    u = np.empty(z.shape[0], dtype=np.float64)
+    for e in range(z.shape[0]):
+        u[e] = sigmoid(z[e] + 2.0 * math.sqrt(max(s[e], 0.0))) * vl[e]
+    return np.sort(top_k(u, m))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -369,11 +356,7 @@ def decide_explore(code, consts, slots, visit, x, channel_bit, placement_bit, no
             z[e] = logit_of(weights, bias, x, j)
             vl[e] = value[j, 0] * value[j, 1]
             if policy == THOMPSON:
-                v = var_b[j]
-                for f in range(x.shape[0]):
-                    xf = np.float64(x[f])
-                    v += np.float64(var_w[j, f]) * xf * xf
-                s[e] = v
+                s[e] = logit_variance_of(var_w, var_b, x, j)
         if policy == THOMPSON and eligible > THOMPSON_CANDIDATES + k - 1:
             # Thompson sampling among the offers with the best optimistic scores (at
             # their log-odds + 2 sd): its probabilities are exact for that procedure

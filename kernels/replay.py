@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.decide import THOMPSON_CANDIDATES, optimistic_candidates
-from kernels.explore import THOMPSON, slot_distribution
+from kernels.explore import THOMPSON, logit_variance_of, slot_distribution
 from kernels.scoring import logit_of, sigmoid
 
 
@@ -52,10 +52,7 @@ def replay_first_slot(x, indptr, rows, logged, k, weights, bias, value, var_w, v
             vl[e] = value[j, 0] * value[j, 1]
             q[e] = sigmoid(logit_of(q_weights, q_bias, xi, j))
             if policy == THOMPSON:
-                v = var_b[j]
-                for f in range(xi.shape[0]):
-                    v += np.float64(var_w[j, f]) * np.float64(xi[f]) ** 2
-                s[e] = v
+                s[e] = logit_variance_of(var_w, var_b, xi, j)
         p = np.zeros(m)
         cut = THOMPSON_CANDIDATES + max(k[i], 1) - 1
         if policy == THOMPSON and m > cut:

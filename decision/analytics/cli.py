@@ -60,13 +60,13 @@ def _range(args) -> tuple[int, int]:
     return start, end
 
 
-def _durations(args) -> tuple[int, int]:
+def _duration(text: str, flag: str, allow_zero: bool = False) -> int:
+    """Milliseconds of a duration option, or ExportError naming the option."""
     from decision.config.timing import duration_ms
     from decision.errors import CatalogError
 
     try:
-        return (duration_ms(args.lookback, "--lookback"),
-                duration_ms(args.half_life, "--half-life"))
+        return duration_ms(text, flag, allow_zero=allow_zero)
     except CatalogError as exc:
         raise ExportError(str(exc)) from None
 
@@ -133,13 +133,7 @@ def _store(data_dir: str):
 
 
 def _settle(args) -> int:
-    from decision.config.timing import duration_ms
-    from decision.errors import CatalogError
-
-    try:
-        return duration_ms(args.settle, "--settle", allow_zero=True)
-    except CatalogError as exc:
-        raise ExportError(str(exc)) from None
+    return _duration(args.settle, "--settle", allow_zero=True)
 
 
 def managed_export(store, args) -> Path:
@@ -174,7 +168,8 @@ def cmd_report(args) -> int:
 
     try:
         start, end = _range(args)
-        lookback, half_life = _durations(args)
+        lookback = _duration(args.lookback, "--lookback")
+        half_life = _duration(args.half_life, "--half-life")
         request = rep.ReportRequest(
             start, end, tuple(d.strip() for d in args.by.split(",") if d.strip()),
             lookback, half_life, args.label, not args.no_attribution)

@@ -247,9 +247,10 @@ def report(directory: Path, request: ReportRequest) -> dict:
                "totals": (_rows(con, f"SELECT 'all' AS key, {_SUMS} FROM d") or [{}])[0],
                "by": {dim: _by(con, dim) for dim in request.dimensions}}
         out["totals"].pop("key", None)
+        channels = out["by"].get("channel") or _by(con, "channel")
         out["funnel"] = {r["key"]: {k: r[k] for k in ("decisions", "impressions", "clicks",
                                                       "conversions", "revenue")}
-                         for r in _by(con, "channel")}
+                         for r in channels}
         out["revenue_by_channel_day"] = [
             {"day": day, "channel": channel, "revenue": round(float(revenue), 6)}
             for day, channel, revenue in con.execute(

@@ -172,16 +172,21 @@ def decision_owner(value) -> bytes:
     return bytes(value[2 + n + 16:2 + n + 24])
 
 
+def _parts(value: bytes) -> tuple[bytes, tuple, int]:
+    """A record value's head (its msgpack bytes), its fixed fields, and where its
+    features start."""
+    at = 2 + int.from_bytes(value[:2], "little")
+    return value[2:at], _FIXED.unpack_from(value, at), at + _FIXED.size
+
+
 def unpack_decision(decision_id: str, value, offer_table) -> DecisionRecord:
     """The ``DecisionRecord`` of a stored value; ``offer_table(catalog version)`` gives
     that version's [(offer id, value, lever), ...] (None: unknown, ids left empty)."""
     value = bytes(value)
-    n = int.from_bytes(value[:2], "little")
+    head, fixed, at = _parts(value)
     (channel, placement, catalog_version, model_version, experiment, arm, policy,
-     shadow_arm) = msgpack.unpackb(value[2:2 + n])
-    at = 2 + n
-    decided_ms, key, owner, eligible, f, r, s, width = _FIXED.unpack_from(value, at)
-    at += _FIXED.size
+     shadow_arm) = msgpack.unpackb(head)
+    decided_ms, key, owner, eligible, f, r, s, width = fixed
     features = value[at:at + 4 * f]
     at += 4 * f
     table = offer_table(catalog_version) or []
@@ -275,16 +280,12 @@ def decision_columns(page: list[tuple[bytes, bytes]], offer_table) -> tuple[dict
     s = {n: [] for n in ("decision_id", "owner", "offer_id", "offer_index", "rank", "score",
                          "propensity", "probability", "value", "lever")}
     features, offsets = [], [0]
-    unpack = _FIXED.unpack_from
     for key, value in page:
-        n = int.from_bytes(value[:2], "little")
-        raw = value[2:2 + n]
+        raw, fixed, at = _parts(value)
         head = heads.get(raw)
         if head is None:
             head = heads[raw] = msgpack.unpackb(raw)
-        at = 2 + n
-        decided_ms, profile_key, owner, eligible, f, r, sh, width = unpack(value, at)
-        at += _FIXED.size
+        decided_ms, profile_key, owner, eligible, f, r, sh, width = fixed
         decision_id = key.decode()
         who = int.from_bytes(owner, "big")
         for name, x in zip(d, (decision_id, decided_ms, profile_key, who, *head, eligible, r,
